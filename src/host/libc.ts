@@ -1,0 +1,137 @@
+// libc entry points through koffi. Only the calls the VMM needs, each declared with the
+// exact argument types, and thin wrappers that turn a -1 return into a HostError. No policy
+// lives here. This module is loaded separately in every thread that uses it (each worker
+// thread has its own koffi bindings).
+
+import koffi from "koffi";
+import { HostError } from "./errors.js";
+
+const lib = koffi.load("libc.so.6");
+
+// ioctl is variadic in C; declaring fixed prototypes is safe on x86-64 because glibc's
+// wrapper only takes one pointer-sized argument, and it keeps the hot KVM_RUN call cheap.
+const ioctlPtr = lib.func("int ioctl(int fd, unsigned long req, void *arg)");
+const ioctlInt = lib.func("int ioctl(int fd, unsigned long req, uintptr_t arg)");
+const openFn = lib.func("int open(const char *path, int flags, int mode)");
+const closeFn = lib.func("int close(int fd)");
+const mmapFn = lib.func("void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)");
+const munmapFn = lib.func("int munmap(void *addr, size_t len)");
+const madviseFn = lib.func("int madvise(void *addr, size_t len, int advice)");
+const eventfdFn = lib.func("int eventfd(unsigned int initval, int flags)");
+const readFn = lib.func("intptr_t read(int fd, void *buf, size_t count)");
+const writeFn = lib.func("intptr_t write(int fd, const void *buf, size_t count)");
+const syscallFn = lib.func("long syscall(long nr, long a, long b, long c)");
+const sigmaskFn = lib.func("int pthread_sigmask(int how, const void *set, void *oldset)");
+
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MADV_DONTNEED = 4;
+export const MADV_MERGEABLE = 12;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+const SYS_gettid = 186;
+const SYS_tgkill = 234;
+const SIG_UNBLOCK = 1;
+
+/** An opaque pointer returned by libc (koffi external). */
+export type Pointer = unknown;
+
+function check(call: string, ret: number | bigint): number {
+  const n = Number(ret);
+  if (n < 0) throw new HostError(call, koffi.errno());
+  return n;
+}
+
+/** ioctl with a pointer argument (a Buffer/TypedArray is passed by address). */
+export function ioctl(fd: number, request: number, arg: ArrayBufferView | null, name: string): number {
+  return check(`ioctl(${name})`, ioctlPtr(fd, request, arg));
+}
+
+/** ioctl with an integer argument. */
+export function ioctlValue(fd: number, request: number, arg: number | bigint, name: string): number {
+  return check(`ioctl(${name})`, ioctlInt(fd, request, arg));
+}
+
+/** ioctl returning -errno instead of throwing; for the KVM_RUN hot path. */
+export function ioctlRaw(fd: number, request: number, arg: number): number {
+  const r = ioctlInt(fd, request, arg) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+export function open(path: string, flags: number): number {
+  return check(`open(${path})`, openFn(path, flags | O_CLOEXEC, 0));
+}
+
+export function close(fd: number): void {
+  check("close", closeFn(fd));
+}
+
+export interface Mapping {
+  readonly pointer: Pointer;
+  readonly address: bigint;
+  readonly length: number;
+  readonly buffer: ArrayBuffer;
+}
+
+/** mmap and wrap the result in an ArrayBuffer that aliases the mapping (no copy). */
+export function mmap(length: number, prot: number, flags: number, fd = -1, offset = 0): Mapping {
+  const pointer = mmapFn(null, length, prot, flags, fd, offset);
+  const address = koffi.address(pointer);
+  if (address === 0xffffffffffffffffn || address === 0n) {
+    throw new HostError(`mmap(${length} bytes)`, koffi.errno());
+  }
+  return { pointer, address, length, buffer: koffi.view(pointer, length) };
+}
+
+export function munmap(mapping: Mapping): void {
+  check("munmap", munmapFn(mapping.pointer, mapping.length));
+}
+
+/** madvise over a byte range of a mapping. */
+export function madvise(mapping: Mapping, offset: number, length: number, advice: number): void {
+  check("madvise", madviseFn(pointerAt(mapping, offset), length, advice));
+}
+
+function pointerAt(mapping: Mapping, offset: number): Pointer {
+  // koffi accepts a typed array view as a pointer to its first byte.
+  return new Uint8Array(mapping.buffer, offset, 1);
+}
+
+export function eventfd(initial: number, flags: number): number {
+  return check("eventfd", eventfdFn(initial, flags | EFD_CLOEXEC));
+}
+
+export function read(fd: number, buf: ArrayBufferView): number {
+  return check("read", readFn(fd, buf, buf.byteLength));
+}
+
+export function write(fd: number, buf: ArrayBufferView): number {
+  return check("write", writeFn(fd, buf, buf.byteLength));
+}
+
+export function gettid(): number {
+  return Number(syscallFn(SYS_gettid, 0, 0, 0));
+}
+
+export function tgkill(tgid: number, tid: number, signal: number): void {
+  check("tgkill", syscallFn(SYS_tgkill, tgid, tid, signal));
+}
+
+/** Unblock one signal in the calling thread (Node starts worker threads with all blocked). */
+export function unblockSignal(signal: number): void {
+  const set = new BigUint64Array(16);
+  set[0] = 1n << BigInt(signal - 1);
+  const rc = sigmaskFn(SIG_UNBLOCK, set, null) as number;
+  if (rc !== 0) throw new HostError("pthread_sigmask", rc);
+}
+
+export function errno(): number {
+  return koffi.errno();
+}

@@ -1,0 +1,14 @@
+// The lab harness: run shell scenarios on real KVM inside a QEMU TCG machine with SVM.
+
+export { ensureL1Image, type L1Image, l1ImageCached, labCacheDir } from "./l1image.js";
+export {
+  hostKvmCanBootLinux,
+  LabError,
+  type LabOptions,
+  type LabResult,
+  type LabRun,
+  type LabScenario,
+  labAvailable,
+  runInLab,
+  shQuote,
+} from "./lab.js";

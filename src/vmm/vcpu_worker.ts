@@ -1,0 +1,178 @@
+// The body of one vCPU thread: KVM_RUN in a loop, decoding each exit from the mapped
+// kvm_run area. Port I/O the port map says nobody owns is answered here (all-ones / drop,
+// counted); everything else is forwarded to the main thread's buses through the mailbox.
+// Nothing is allocated per exit: every view is made once below.
+
+import { parentPort, workerData } from "node:worker_threads";
+import { abi, libc } from "../host/mod.js";
+import * as ch from "./vcpu_channel.js";
+
+interface VcpuWorkerData {
+  fd: number;
+  runSize: number;
+  id: number;
+  shared: ch.VcpuShared;
+  kickSignal: number;
+}
+
+const EINTR = 4;
+const EAGAIN = 11;
+const { fd, runSize, shared, kickSignal } = workerData as VcpuWorkerData;
+const port = parentPort;
+if (!port) throw new Error("vcpu_worker must run in a worker thread");
+
+const ctrl = new Int32Array(shared.control);
+const data = new Uint8Array(shared.data);
+const stats = new Float64Array(shared.stats);
+const portMap = new Uint8Array(shared.portMap);
+const exitSlots = abi.KVM_EXIT_REASON_SLOTS;
+
+libc.unblockSignal(kickSignal);
+const runMap = libc.mmap(
+  runSize,
+  libc.PROT_READ | libc.PROT_WRITE,
+  libc.MAP_SHARED,
+  fd,
+  0,
+);
+const run = new DataView(runMap.buffer);
+const runBytes = new Uint8Array(runMap.buffer);
+Atomics.store(ctrl, ch.C_TID, libc.gettid());
+Atomics.store(ctrl, ch.C_RUNSTATE, ch.RS_RUNNING);
+Atomics.notify(ctrl, ch.C_RUNSTATE);
+
+function forward(kind: number, isWrite: number, size: number, count: number, addr: number): void {
+  Atomics.store(ctrl, ch.C_KIND, kind);
+  Atomics.store(ctrl, ch.C_IS_WRITE, isWrite);
+  Atomics.store(ctrl, ch.C_SIZE, size);
+  Atomics.store(ctrl, ch.C_COUNT, count);
+  Atomics.store(ctrl, ch.C_ADDR_LO, addr >>> 0);
+  Atomics.store(ctrl, ch.C_ADDR_HI, Math.floor(addr / 0x100000000));
+  Atomics.store(ctrl, ch.C_MAILBOX, ch.MB_REQUEST);
+  Atomics.notify(ctrl, ch.C_MAILBOX);
+  while (Atomics.load(ctrl, ch.C_MAILBOX) === ch.MB_REQUEST) Atomics.wait(ctrl, ch.C_MAILBOX, ch.MB_REQUEST);
+  Atomics.store(ctrl, ch.C_MAILBOX, ch.MB_IDLE);
+  stats[exitSlots + ch.S_FORWARDED]!++;
+}
+
+function handleIo(): void {
+  const direction = run.getUint8(abi.RUN_IO_DIRECTION);
+  const size = run.getUint8(abi.RUN_IO_SIZE);
+  const ioPort = run.getUint16(abi.RUN_IO_PORT, true);
+  const count = run.getUint32(abi.RUN_IO_COUNT, true);
+  const offset = Number(run.getBigUint64(abi.RUN_IO_DATA_OFFSET, true));
+  const bytes = size * count;
+  // The kernel fills these, but a bad value must not make us read past the mapping.
+  if (offset + bytes > runBytes.length || bytes > ch.DATA_BYTES) return;
+  const owner = portMap[ioPort];
+  if (owner === ch.PORT_FORWARD) {
+    if (direction === abi.KVM_EXIT_IO_OUT) {
+      data.set(runBytes.subarray(offset, offset + bytes), 0);
+      forward(ch.KIND_PIO, 1, size, count, ioPort);
+    } else {
+      forward(ch.KIND_PIO, 0, size, count, ioPort);
+      runBytes.set(data.subarray(0, bytes), offset);
+    }
+  } else if (owner === ch.PORT_SINK && direction === abi.KVM_EXIT_IO_OUT) {
+    // I/O delay writes: nothing to do.
+  } else if (direction === abi.KVM_EXIT_IO_OUT) {
+    stats[exitSlots + ch.S_UNMAPPED_PIO_WRITE]!++;
+  } else {
+    runBytes.fill(0xff, offset, offset + bytes);
+    stats[exitSlots + ch.S_UNMAPPED_PIO_READ]!++;
+  }
+}
+
+function handleMmio(): void {
+  const addr = Number(run.getBigUint64(abi.RUN_MMIO_PHYS_ADDR, true));
+  const len = run.getUint32(abi.RUN_MMIO_LEN, true);
+  const isWrite = run.getUint8(abi.RUN_MMIO_IS_WRITE);
+  if (len === 0 || len > 8) return;
+  if (isWrite) {
+    data.set(runBytes.subarray(abi.RUN_MMIO_DATA, abi.RUN_MMIO_DATA + len), 0);
+    forward(ch.KIND_MMIO, 1, len, 1, addr);
+  } else {
+    forward(ch.KIND_MMIO, 0, len, 1, addr);
+    runBytes.set(data.subarray(0, len), abi.RUN_MMIO_DATA);
+  }
+}
+
+function finish(exit: ch.VcpuExit): void {
+  Atomics.store(ctrl, ch.C_RUNSTATE, ch.RS_STOPPED);
+  Atomics.notify(ctrl, ch.C_RUNSTATE);
+  port?.postMessage(exit);
+  libc.munmap(runMap);
+}
+
+/** Returns false when the loop must end. */
+function obeyCommand(): boolean {
+  for (;;) {
+    const cmd = Atomics.load(ctrl, ch.C_COMMAND);
+    if (cmd === ch.CMD_RUN) {
+      // Clear immediate_exit with a full barrier, then look again: a command stored after
+      // our first look has its immediate_exit store ordered after ours.
+      Atomics.store(runBytes, abi.RUN_IMMEDIATE_EXIT, 0);
+      if (Atomics.load(ctrl, ch.C_COMMAND) === ch.CMD_RUN) {
+        Atomics.store(ctrl, ch.C_RUNSTATE, ch.RS_RUNNING);
+        return true;
+      }
+      continue;
+    }
+    if (cmd === ch.CMD_STOP) return false;
+    Atomics.store(ctrl, ch.C_RUNSTATE, ch.RS_PAUSED);
+    Atomics.notify(ctrl, ch.C_RUNSTATE);
+    Atomics.wait(ctrl, ch.C_COMMAND, ch.CMD_PAUSE);
+  }
+}
+
+function loop(): ch.VcpuExit {
+  if (!obeyCommand()) return { kind: "stopped" };
+  for (;;) {
+    const r = libc.ioctlRaw(fd, abi.KVM_RUN, 0);
+    if (r < 0) {
+      if (r === -EINTR || r === -EAGAIN) {
+        stats[exitSlots + ch.S_KICKS]!++;
+        if (!obeyCommand()) return { kind: "stopped" };
+        continue;
+      }
+      return { kind: "error", message: `KVM_RUN failed: errno ${-r}` };
+    }
+    const reason = run.getUint32(abi.RUN_EXIT_REASON, true);
+    stats[reason < exitSlots ? reason : exitSlots - 1]!++;
+    switch (reason) {
+      case abi.KVM_EXIT_IO:
+        handleIo();
+        break;
+      case abi.KVM_EXIT_MMIO:
+        handleMmio();
+        break;
+      case abi.KVM_EXIT_INTR:
+        if (!obeyCommand()) return { kind: "stopped" };
+        break;
+      case abi.KVM_EXIT_SHUTDOWN:
+        return { kind: "triple-fault" };
+      case abi.KVM_EXIT_HLT:
+        return { kind: "hlt" };
+      case abi.KVM_EXIT_SYSTEM_EVENT:
+        return { kind: "system-event", type: run.getUint32(abi.RUN_SYSTEM_EVENT_TYPE, true) };
+      case abi.KVM_EXIT_INTERNAL_ERROR: {
+        const n = Math.min(run.getUint32(abi.RUN_INTERNAL_NDATA, true), 16);
+        const words: string[] = [];
+        for (let i = 0; i < n; i++) words.push(`0x${run.getBigUint64(abi.RUN_INTERNAL_DATA + i * 8, true).toString(16)}`);
+        return { kind: "internal-error", suberror: run.getUint32(abi.RUN_INTERNAL_SUBERROR, true), data: words };
+      }
+      case abi.KVM_EXIT_FAIL_ENTRY:
+        return { kind: "fail-entry", reason: `0x${run.getBigUint64(abi.RUN_FAIL_ENTRY_REASON, true).toString(16)}` };
+      default:
+        return { kind: "unexpected-exit", reason };
+    }
+  }
+}
+
+let exit: ch.VcpuExit;
+try {
+  exit = loop();
+} catch (e) {
+  exit = { kind: "error", message: e instanceof Error ? e.message : String(e) };
+}
+finish(exit);

@@ -1,0 +1,346 @@
+// The VM builder and its runtime. build() is one linear recipe, as in Firecracker's
+// builder: KVM and its capabilities, the VM and in-kernel irqchip/PIT, guest memory,
+// buses and legacy devices, ACPI tables, the kernel and its boot parameters, then vCPUs.
+// Vm.run() starts one thread per vCPU and resolves with how the guest's run ended.
+
+import { buildAcpiTables } from "../acpi/mod.js";
+import * as x86 from "../arch/x86/mod.js";
+import { AcpiPmDevice, GED_MMIO_SIZE, GedDevice, PM_PORT_SIZE } from "../devices/acpi/mod.js";
+import { Bus, MMIO_SPACE_SIZE, PIO_SPACE_SIZE } from "../devices/bus/mod.js";
+import type { BusDevice, IrqLine, VmRequest } from "../devices/device.js";
+import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from "../devices/legacy/i8042.js";
+import { Rtc } from "../devices/legacy/rtc.js";
+import { Serial } from "../devices/legacy/serial.js";
+import { abi, Kvm, type VcpuFd, type VmFd } from "../host/mod.js";
+import { GuestMemory, MIB, MMIO_DEVICES_START, ramRegions } from "../memory/mod.js";
+import { ACPI_PM_PORT_BASE } from "../acpi/mod.js";
+import * as ch from "./vcpu_channel.js";
+import { type ExitHandler, VcpuThread } from "./vcpu.js";
+
+export const COM1_PORT = 0x3f8;
+export const COM1_GSI = 4;
+export const RTC_PORT = 0x70;
+export const GED_GSI = 5;
+export const GED_ADDRESS = MMIO_DEVICES_START;
+/** Linux's outb_p() I/O delay port. */
+const IO_DELAY_PORT = 0x80;
+const TSS_ADDRESS = 0xfffb_d000;
+const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
+export const MIN_MEMORY = 16 * MIB;
+
+export type BootSource =
+  | { kind: "linux"; kernel: Uint8Array; initrd?: Uint8Array | undefined; cmdline: string }
+  /** A flat test binary copied to `address` and entered in real mode at that address. */
+  | { kind: "flat-real"; image: Uint8Array; address: number };
+
+export interface VmConfig {
+  memoryBytes: number;
+  cpus: number;
+  boot: BootSource;
+  /** Receives serial output; must consume the bytes before returning. */
+  consoleOut: (bytes: Uint8Array) => void;
+  kvmPath?: string;
+}
+
+export type Outcome =
+  | { kind: "poweroff" }
+  | { kind: "reboot"; reason: string }
+  | { kind: "triple-fault"; vcpu: number }
+  | { kind: "internal-error"; vcpu: number; detail: string }
+  | { kind: "halted"; vcpu: number }
+  | { kind: "stopped"; reason: string }
+  | { kind: "error"; detail: string };
+
+/** `vessel run` exit codes per outcome. 1 is kept for usage and VMM errors. */
+export const OUTCOME_EXIT_CODE: Record<Outcome["kind"], number> = {
+  poweroff: 0,
+  error: 1,
+  reboot: 2,
+  "triple-fault": 3,
+  "internal-error": 4,
+  halted: 5,
+  stopped: 6,
+};
+
+export function describeOutcome(o: Outcome): string {
+  switch (o.kind) {
+    case "poweroff":
+      return "guest powered off";
+    case "reboot":
+      return `guest requested a reboot (${o.reason})`;
+    case "triple-fault":
+      return `vCPU ${o.vcpu} triple-faulted (the guest reset itself)`;
+    case "internal-error":
+      return `vCPU ${o.vcpu}: KVM could not run the guest: ${o.detail}`;
+    case "halted":
+      return `vCPU ${o.vcpu} halted with interrupts off`;
+    case "stopped":
+      return `stopped: ${o.reason}`;
+    case "error":
+      return `error: ${o.detail}`;
+  }
+}
+
+class KvmIrqLine implements IrqLine {
+  constructor(
+    private readonly vm: VmFd,
+    private readonly gsi: number,
+  ) {}
+  set(level: boolean): void {
+    this.vm.irqLine(this.gsi, level);
+  }
+  pulse(): void {
+    this.vm.irqLine(this.gsi, true);
+    this.vm.irqLine(this.gsi, false);
+  }
+}
+
+export class Vm implements ExitHandler {
+  readonly pioBus = new Bus({ name: "pio", size: PIO_SPACE_SIZE });
+  readonly mmioBus = new Bus({ name: "mmio", size: MMIO_SPACE_SIZE });
+  readonly serial: Serial;
+  readonly ged: GedDevice;
+  readonly memory: GuestMemory;
+  private readonly kvm: Kvm;
+  private readonly vmFd: VmFd;
+  private readonly vcpuFds: VcpuFd[] = [];
+  private readonly threads: VcpuThread[] = [];
+  /** Per-port routing shared with the vCPU threads (see vcpu_channel PORT_*). */
+  private readonly portMap = new SharedArrayBuffer(PIO_SPACE_SIZE);
+  private finish: ((o: Outcome) => void) | undefined;
+  private outcome: Outcome | undefined;
+
+  private constructor(config: VmConfig) {
+    // 1. KVM and the capabilities everything below relies on.
+    this.kvm = new Kvm(config.kvmPath);
+    this.kvm.requireExtensions({
+      KVM_CAP_IRQCHIP: abi.KVM_CAP_IRQCHIP,
+      KVM_CAP_USER_MEMORY: abi.KVM_CAP_USER_MEMORY,
+      KVM_CAP_SET_TSS_ADDR: abi.KVM_CAP_SET_TSS_ADDR,
+      KVM_CAP_EXT_CPUID: abi.KVM_CAP_EXT_CPUID,
+      KVM_CAP_PIT2: abi.KVM_CAP_PIT2,
+      KVM_CAP_IMMEDIATE_EXIT: abi.KVM_CAP_IMMEDIATE_EXIT,
+    });
+    const maxVcpus = Math.max(this.kvm.checkExtension(abi.KVM_CAP_MAX_VCPUS), this.kvm.checkExtension(abi.KVM_CAP_NR_VCPUS));
+    if (config.cpus > maxVcpus) {
+      throw new RangeError(`--cpus ${config.cpus} is more than this host's KVM allows (${maxVcpus})`);
+    }
+
+    // 2. The VM, with the in-kernel LAPICs/IOAPIC and PIT.
+    this.vmFd = this.kvm.createVm();
+    this.vmFd.setTssAddr(TSS_ADDRESS);
+    this.vmFd.setIdentityMapAddr(IDENTITY_MAP_ADDRESS);
+    this.vmFd.createIrqchip();
+    this.vmFd.createPit2(abi.KVM_PIT_SPEAKER_DUMMY);
+
+    // 3. Guest memory.
+    const regions = ramRegions(config.memoryBytes);
+    this.memory = new GuestMemory(regions);
+    this.memory.regions.forEach((r, slot) => {
+      this.vmFd.setUserMemoryRegion(slot, BigInt(r.start), BigInt(r.size), r.hostAddress);
+    });
+
+    // 4. Buses and legacy devices.
+    const request = (r: VmRequest, reason: string) => this.request(r, reason);
+    this.serial = new Serial({ irq: new KvmIrqLine(this.vmFd, COM1_GSI), out: config.consoleOut }, "serial0");
+    this.addPio(COM1_PORT, 8, this.serial);
+    const i8042 = new I8042({ request });
+    this.addPio(I8042_DATA_PORT, 1, i8042.dataPort);
+    this.addPio(I8042_COMMAND_PORT, 1, i8042.commandPort);
+    this.addPio(RTC_PORT, 2, new Rtc({ memoryBelow4G: regions[0]?.size ?? 0, memoryAbove4G: regions[1]?.size ?? 0 }));
+    this.addPio(ACPI_PM_PORT_BASE, PM_PORT_SIZE, new AcpiPmDevice(request));
+    this.ged = new GedDevice(new KvmIrqLine(this.vmFd, GED_GSI));
+    this.mmioBus.insert(GED_ADDRESS, GED_MMIO_SIZE, this.ged);
+    new Uint8Array(this.portMap)[IO_DELAY_PORT] = ch.PORT_SINK;
+
+    // 5. ACPI tables.
+    const acpi = buildAcpiTables({
+      cpus: config.cpus,
+      ioapicId: config.cpus, // distinct from every LAPIC ID
+      serial: [{ port: COM1_PORT, irq: COM1_GSI }],
+      virtioMmio: [],
+      ged: { base: GED_ADDRESS, irq: GED_GSI },
+    });
+    for (const r of acpi.regions) this.memory.write(r.address, r.bytes);
+
+    // 6. The kernel and its boot parameters.
+    const lowRamEnd = regions[0]!.size;
+    const e820 = x86.e820Map(regions);
+    let mode: x86.BootMode | "real" = "long64";
+    let entry: number;
+    let bootInfo = 0;
+    const boot = config.boot;
+    if (boot.kind === "linux") {
+      if (x86.isElf(boot.kernel)) {
+        const loaded = x86.loadPvh(this.memory, boot.kernel, {
+          cmdline: boot.cmdline,
+          initrd: boot.initrd,
+          e820,
+          rsdpAddress: acpi.rsdpAddress,
+          lowRamEnd,
+        });
+        mode = "pvh32";
+        entry = loaded.entry;
+        bootInfo = loaded.startInfo;
+      } else {
+        const loaded = x86.loadBzImage(this.memory, boot.kernel, {
+          cmdline: boot.cmdline,
+          initrd: boot.initrd,
+          e820,
+          rsdpAddress: acpi.rsdpAddress,
+          lowRamEnd,
+        });
+        entry = loaded.entry;
+        bootInfo = loaded.zeroPage;
+      }
+      x86.writeBootTables(this.memory, mode);
+    } else {
+      this.memory.write(boot.address, boot.image);
+      mode = "real";
+      entry = boot.address;
+    }
+
+    // 7. vCPUs.
+    const supported = this.kvm.supportedCpuid();
+    for (let id = 0; id < config.cpus; id++) {
+      const vcpu = this.vmFd.createVcpu(id);
+      this.vcpuFds.push(vcpu);
+      vcpu.setCpuid(x86.vcpuCpuid(supported, id, config.cpus));
+      x86.setupMsrs(vcpu);
+      x86.setupFpu(vcpu);
+      x86.setupLapic(vcpu);
+      // Application processors wait for INIT/SIPI from the boot CPU via the in-kernel LAPIC.
+      if (id !== 0) continue;
+      if (mode === "real") {
+        const s = vcpu.getSregs();
+        s.cs = { ...s.cs, base: 0n, selector: 0 };
+        vcpu.setSregs(s);
+        vcpu.setRegs({ rip: BigInt(entry), rflags: 0x2n });
+      } else {
+        x86.setupBootRegisters(vcpu, mode, entry, bootInfo);
+      }
+    }
+  }
+
+  static build(config: VmConfig): Vm {
+    if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > 254) {
+      throw new RangeError(`--cpus must be 1..254, got ${config.cpus}`);
+    }
+    if (config.memoryBytes < MIN_MEMORY) {
+      throw new RangeError(`--memory must be at least ${MIN_MEMORY / MIB} MiB`);
+    }
+    return new Vm(config);
+  }
+
+  private addPio(port: number, length: number, device: BusDevice): void {
+    this.pioBus.insert(port, length, device);
+    new Uint8Array(this.portMap).fill(ch.PORT_FORWARD, port, port + length);
+  }
+
+  /** ExitHandler: a forwarded port access; string I/O is split into single accesses. */
+  pio(isWrite: boolean, port: number, size: number, count: number, data: Uint8Array): void {
+    for (let i = 0; i < count; i++) {
+      const view = data.subarray(i * size, i * size + size);
+      if (isWrite) this.pioBus.write(port, view);
+      else this.pioBus.read(port, view);
+    }
+  }
+
+  mmio(isWrite: boolean, address: number, size: number, data: Uint8Array): void {
+    const view = data.subarray(0, size);
+    if (isWrite) this.mmioBus.write(address, view);
+    else this.mmioBus.read(address, view);
+  }
+
+  private request(r: VmRequest, reason: string): void {
+    this.end(r === "poweroff" ? { kind: "poweroff" } : { kind: "reboot", reason });
+  }
+
+  /** Record the outcome (the first one wins) and begin stopping every vCPU. */
+  end(outcome: Outcome): void {
+    if (this.outcome) return;
+    this.outcome = outcome;
+    this.finish?.(outcome);
+  }
+
+  /** Press the ACPI power button: a well-behaved guest shuts down. */
+  pressPowerButton(): void {
+    this.ged.pressPowerButton();
+  }
+
+  /** Run until the guest powers off, resets, faults, or end() is called. */
+  async run(): Promise<Outcome> {
+    const done = new Promise<Outcome>((resolve) => {
+      this.finish = resolve;
+    });
+    for (const fd of this.vcpuFds) {
+      const t = new VcpuThread(fd, this.portMap, this);
+      this.threads.push(t);
+      t.exited.then((e) => this.vcpuEnded(t.id, e));
+      t.start();
+    }
+    // Atomics.waitAsync does not keep the event loop alive; this timer does while we run.
+    const keepAlive = setInterval(() => {}, 1 << 30);
+    const outcome = await done;
+    clearInterval(keepAlive);
+    await Promise.all(this.threads.map((t) => t.stop()));
+    this.serial.flush();
+    return outcome;
+  }
+
+  private vcpuEnded(id: number, e: ch.VcpuExit): void {
+    switch (e.kind) {
+      case "stopped":
+        return;
+      case "triple-fault":
+        return this.end({ kind: "triple-fault", vcpu: id });
+      case "system-event":
+        if (e.type === abi.KVM_SYSTEM_EVENT_RESET) return this.end({ kind: "reboot", reason: "KVM system event" });
+        if (e.type === abi.KVM_SYSTEM_EVENT_SHUTDOWN) return this.end({ kind: "poweroff" });
+        return this.end({ kind: "internal-error", vcpu: id, detail: `system event ${e.type}` });
+      case "internal-error":
+        return this.end({
+          kind: "internal-error",
+          vcpu: id,
+          detail: `KVM_EXIT_INTERNAL_ERROR suberror ${e.suberror} [${e.data.join(" ")}]`,
+        });
+      case "fail-entry":
+        return this.end({ kind: "internal-error", vcpu: id, detail: `KVM_EXIT_FAIL_ENTRY ${e.reason}` });
+      case "hlt":
+        return this.end({ kind: "halted", vcpu: id });
+      case "unexpected-exit":
+        return this.end({ kind: "internal-error", vcpu: id, detail: `unexpected exit reason ${e.reason}` });
+      case "error":
+        return this.end({ kind: "error", detail: e.message });
+    }
+  }
+
+  /** Exit counters summed over vCPUs, by reason name, plus bus counters. */
+  stats(): { exits: Record<string, number>; perVcpu: Record<string, number>[]; pio: unknown; mmio: unknown } {
+    const exits: Record<string, number> = {};
+    const extraNames = ["unmapped_pio_read", "unmapped_pio_write", "forwarded", "kicks"];
+    const perVcpu = this.threads.map((t) => {
+      const s = t.stats();
+      const row: Record<string, number> = {};
+      s.forEach((v, i) => {
+        if (v === 0) return;
+        const name =
+          i < abi.KVM_EXIT_REASON_SLOTS
+            ? (abi.EXIT_REASON_NAMES[i] ?? `reason_${i}`)
+            : (extraNames[i - abi.KVM_EXIT_REASON_SLOTS] ?? `extra_${i}`);
+        row[name] = v;
+        exits[name] = (exits[name] ?? 0) + v;
+      });
+      return row;
+    });
+    return { exits, perVcpu, pio: this.pioBus.stats(), mmio: this.mmioBus.stats() };
+  }
+
+  close(): void {
+    for (const t of this.threads) t.close();
+    for (const v of this.vcpuFds) v.close();
+    this.vmFd.close();
+    this.memory.close();
+    this.kvm.close();
+  }
+}
