@@ -265,7 +265,7 @@ export async function runInLab(scenarios: LabScenario[], opts: LabOptions = {}):
       await writeFile(join(ctl, `s${i}.sh`), scenarioScript(s, share, cwd, term));
     }
     const tty = opts.interactive
-      ? { rows: process.stdout.rows ?? 24, cols: process.stdout.columns ?? 80 }
+      ? { rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 }
       : null;
     await writeFile(join(ctl, "run.sh"), runnerScript(scenarios.length, timeouts, share, tty));
 

@@ -97,7 +97,9 @@ export class Bus {
    */
   insert(base: number, length: number, device: BusDevice): void {
     if (!Number.isSafeInteger(base) || base < 0 || base >= this.size) {
-      throw new RangeError(`Cannot map ${device.name} on ${this.name}: base ${base} is out of range`);
+      throw new RangeError(
+        `Cannot map ${device.name} on ${this.name}: base ${base} is out of range`,
+      );
     }
     if (!Number.isSafeInteger(length) || length < 1 || length > this.size - base) {
       throw new RangeError(

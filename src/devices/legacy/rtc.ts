@@ -112,7 +112,8 @@ export class Rtc implements BusDevice {
 
   constructor(options: RtcOptions = {}) {
     const clock = options.clock ?? Date.now;
-    if (typeof clock !== "function") throw new TypeError("Cannot create rtc: clock must be a function");
+    if (typeof clock !== "function")
+      throw new TypeError("Cannot create rtc: clock must be a function");
     this.#clock = clock;
     const below = options.memoryBelow4G ?? 0;
     const above = options.memoryAbove4G ?? 0;
@@ -135,7 +136,8 @@ export class Rtc implements BusDevice {
     if (!Number.isInteger(state.index) || state.index < 0 || state.index >= NVRAM_SIZE) {
       throw new RangeError("Cannot restore rtc: index is out of range");
     }
-    if (!Number.isFinite(state.offsetMs)) throw new RangeError("Cannot restore rtc: offsetMs is not finite");
+    if (!Number.isFinite(state.offsetMs))
+      throw new RangeError("Cannot restore rtc: offsetMs is not finite");
     if (!Array.isArray(state.nvram) || state.nvram.length !== NVRAM_SIZE) {
       throw new RangeError(`Cannot restore rtc: nvram must hold ${NVRAM_SIZE} bytes`);
     }
@@ -354,7 +356,8 @@ export class Rtc implements BusDevice {
     const ext = below > MIB ? Math.min(Math.floor((below - MIB) / KIB), 0xffff) : 0;
     put16(CMOS_EXT_MEM_LO, ext);
     put16(CMOS_EXT_MEM_LO_COPY, ext);
-    const above16 = below > 16 * MIB ? Math.min(Math.floor((below - 16 * MIB) / (64 * KIB)), 0xffff) : 0;
+    const above16 =
+      below > 16 * MIB ? Math.min(Math.floor((below - 16 * MIB) / (64 * KIB)), 0xffff) : 0;
     put16(CMOS_MEM_ABOVE_16M_LO, above16);
     const high = Math.min(Math.floor(above / (64 * KIB)), 0xff_ffff);
     put16(CMOS_MEM_ABOVE_4G_LO, high & 0xffff);
@@ -363,11 +366,11 @@ export class Rtc implements BusDevice {
 }
 
 function clamp(v: number, lo: number, hi: number): number {
-  return v < lo ? lo : v > hi ? hi : v;
+  return Math.max(lo, Math.min(v, hi));
 }
 
 function toBcd(v: number): number {
-  return ((Math.floor(v / 10) % 10) << 4) | v % 10;
+  return ((Math.floor(v / 10) % 10) << 4) | (v % 10);
 }
 
 /** Invalid nibbles decode to large values that the caller clamps. */
@@ -393,7 +396,9 @@ function civilFromMs(ms: number, out: Int32Array): void {
   const z = days + 719468;
   const era = Math.floor(z / 146097);
   const doe = z - era * 146097;
-  const yoe = Math.floor((doe - Math.floor(doe / 1460) + Math.floor(doe / 36524) - Math.floor(doe / 146096)) / 365);
+  const yoe = Math.floor(
+    (doe - Math.floor(doe / 1460) + Math.floor(doe / 36524) - Math.floor(doe / 146096)) / 365,
+  );
   const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100));
   const mp = Math.floor((5 * doy + 2) / 153);
   const month = mp < 10 ? mp + 3 : mp - 9;
@@ -401,7 +406,7 @@ function civilFromMs(ms: number, out: Int32Array): void {
   out[F_MIN] = Math.floor(sod / 60) % 60;
   out[F_HOUR] = Math.floor(sod / 3600);
   // 1970-01-01 was a Thursday; the RTC counts Sunday as 1.
-  out[F_DOW] = (((days + 4) % 7) + 7) % 7 + 1;
+  out[F_DOW] = ((((days + 4) % 7) + 7) % 7) + 1;
   out[F_DAY] = doy - Math.floor((153 * mp + 2) / 5) + 1;
   out[F_MONTH] = month;
   out[F_YEAR] = yoe + era * 400 + (month <= 2 ? 1 : 0);

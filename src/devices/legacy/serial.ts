@@ -92,6 +92,8 @@ const NEWLINE = 0x0a;
 export type SerialIrqMode = "level" | "edge";
 
 export interface SerialOptions {
+  /** Name for logs and bus counters; default "serial". */
+  name?: string;
   /** The UART's interrupt output (COM1: IRQ 4). */
   irq: IrqLine;
   /**
@@ -179,12 +181,13 @@ export class Serial implements BusDevice {
 
   #counters: SerialCounters = { malformed: 0, rxDropped: 0, loopbackOverruns: 0 };
 
-  constructor(options: SerialOptions, name = "serial") {
+  constructor(options: SerialOptions) {
     const { irq, out } = options;
     if (typeof irq?.set !== "function" || typeof irq.pulse !== "function") {
       throw new TypeError("Cannot create serial: irq must be an IrqLine");
     }
-    if (typeof out !== "function") throw new TypeError("Cannot create serial: out must be a function");
+    if (typeof out !== "function")
+      throw new TypeError("Cannot create serial: out must be a function");
     const rxCapacity = options.rxCapacity ?? DEFAULT_RX_CAPACITY;
     if (!Number.isSafeInteger(rxCapacity) || rxCapacity < 1 || rxCapacity > 1 << 24) {
       throw new RangeError(`Cannot create serial: rxCapacity ${rxCapacity} is not in 1..2^24`);
@@ -193,7 +196,7 @@ export class Serial implements BusDevice {
     if (!Number.isSafeInteger(txBatch) || txBatch < 1 || txBatch > 1 << 20) {
       throw new RangeError(`Cannot create serial: txBatch ${txBatch} is not in 1..2^20`);
     }
-    this.name = name;
+    this.name = options.name ?? "serial";
     this.#irq = irq;
     this.#out = out;
     this.#edge = options.irqMode === "edge";
@@ -204,8 +207,8 @@ export class Serial implements BusDevice {
   }
 
   /** Recreate a UART from {@link Serial.state}; throws TypeError/RangeError on a bad snapshot. */
-  static fromState(state: SerialState, options: SerialOptions, name = "serial"): Serial {
-    const s = new Serial(options, name);
+  static fromState(state: SerialState, options: SerialOptions): Serial {
+    const s = new Serial(options);
     const byte = (key: keyof SerialState): number => {
       const v = state[key];
       if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 0xff) {
@@ -247,7 +250,8 @@ export class Serial implements BusDevice {
   state(): SerialState {
     this.flush();
     const rx: number[] = [];
-    for (let i = 0; i < this.#rxCount; i++) rx.push(this.#rx[(this.#rxHead + i) % this.#rx.length] ?? 0);
+    for (let i = 0; i < this.#rxCount; i++)
+      rx.push(this.#rx[(this.#rxHead + i) % this.#rx.length] ?? 0);
     return {
       ier: this.#ier,
       lcr: this.#lcr,
@@ -414,9 +418,7 @@ export class Serial implements BusDevice {
         return;
       case UART_MCR:
         this.#mcr = value & MCR_MASK;
-        this.#setModemStatus(
-          this.#mcr & MCR_LOOP ? loopbackStatus(this.#mcr) : MSR_CONNECTED,
-        );
+        this.#setModemStatus(this.#mcr & MCR_LOOP ? loopbackStatus(this.#mcr) : MSR_CONNECTED);
         this.#updateIrq();
         return;
       case UART_LSR:

@@ -1,0 +1,80 @@
+// The `vessel` command: subcommands in the manner of xl and virsh. Each one validates its
+// flags up front and reports failure as one line on stderr with a non-zero exit.
+
+import { fileURLToPath } from "node:url";
+import { Command, CommanderError } from "commander";
+import { UsageError } from "./args.js";
+import { imageBuildCommand, labCommand, upCommand } from "./image_lab.js";
+import { runCommand } from "./run.js";
+
+const program = new Command();
+program
+  .name("vessel")
+  .description("A virtual machine monitor on Linux KVM and a Xen-style domain toolstack")
+  .exitOverride()
+  .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+  .showHelpAfterError(false);
+
+let exitCode = 0;
+
+program
+  .command("run")
+  .description("boot a kernel on KVM with the serial console on this terminal (Ctrl-] quits)")
+  .requiredOption("--kernel <file>", "bzImage or ELF vmlinux (PVH)")
+  .option("--initrd <file>", "initial ramdisk")
+  .option("--cmdline <text>", "kernel command line")
+  .option("--memory <size>", "guest RAM, e.g. 512M or 2G (plain numbers are MiB)", "512M")
+  .option("--cpus <n>", "vCPUs", "1")
+  .option("--stats", "print exit counters when the VM ends")
+  .option("--json", "print the outcome and counters as JSON on stderr")
+  .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
+  .action(async (opts) => {
+    exitCode = await runCommand(opts);
+  });
+
+const image = program.command("image").description("guest images");
+image
+  .command("build")
+  .description("build the default guest (Debian's cloud kernel + busybox initramfs) if missing")
+  .option("--force", "rebuild even when cached")
+  .option("--json", "print the result as JSON")
+  .action(async (opts) => {
+    exitCode = await imageBuildCommand(opts);
+  });
+
+program
+  .command("lab")
+  .description("run a command inside the lab (QEMU TCG with SVM, where /dev/kvm is real KVM)")
+  .option("--cpus <n>", "lab vCPUs", "4")
+  .option("--memory <size>", "lab memory", "6G")
+  .option("--timeout <seconds>", "limit for the command", "1800")
+  .argument("<command...>", "command to run (after --)")
+  .action(async (command: string[], opts) => {
+    exitCode = await labCommand(command, opts);
+  });
+
+program
+  .command("up")
+  .description("build the default guest if missing and boot it to a shell (through the lab where needed)")
+  .option("--cpus <n>", "vCPUs", "2")
+  .option("--memory <size>", "guest RAM", "512M")
+  .action(async (opts) => {
+    exitCode = await upCommand(opts, fileURLToPath(new URL("../../../bin/vessel.js", import.meta.url)));
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    // Commander already printed its one-line message (or help); keep its exit code.
+    exitCode = e.exitCode;
+  } else if (e instanceof UsageError) {
+    process.stderr.write(`vessel: ${e.message}\n`);
+    exitCode = 1;
+  } else {
+    process.stderr.write(`vessel: ${e instanceof Error ? e.message : String(e)}\n`);
+    if (process.env.VESSEL_DEBUG) console.error(e);
+    exitCode = 1;
+  }
+}
+process.exit(exitCode);

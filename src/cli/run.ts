@@ -1,0 +1,152 @@
+// `vessel run`: boot a kernel on KVM with the serial console on the terminal. Validates
+// every flag before touching KVM, so a mistake costs one line, not a half-started VM.
+
+import { readFileSync, statSync } from "node:fs";
+import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
+import { HostError, MissingCapabilityError } from "../host/mod.js";
+import { hostKvmCanBootLinux } from "../lab/mod.js";
+import { GuestMemoryError } from "../memory/mod.js";
+import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
+import { parseCount, parseSize, UsageError } from "./args.js";
+
+export interface RunFlags {
+  kernel: string;
+  initrd?: string;
+  cmdline?: string;
+  memory?: string;
+  cpus?: string;
+  stats?: boolean;
+  json?: boolean;
+  /** Boot even where /dev/kvm is known to interpret guest code (very slow; usually fails). */
+  slowKvm?: boolean;
+}
+
+export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
+/** Ctrl-] detaches, as in telnet, virsh console and Firecracker users' habits. */
+const QUIT_BYTE = 0x1d;
+
+function readInput(flag: string, path: string, limit: number): Uint8Array {
+  let size: number;
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) throw new UsageError(`${flag}: ${path} is not a regular file`);
+    size = st.size;
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    throw new UsageError(`${flag}: cannot read ${path} (${code})`);
+  }
+  if (size === 0) throw new UsageError(`${flag}: ${path} is empty`);
+  if (size > limit) throw new UsageError(`${flag}: ${path} is larger than guest memory`);
+  return new Uint8Array(readFileSync(path));
+}
+
+/** Check everything a person gave us; returns the loaded inputs. */
+export function validateRunFlags(flags: RunFlags) {
+  const memoryBytes = parseSize("--memory", flags.memory ?? "512M");
+  if (memoryBytes % 4096 !== 0) throw new UsageError("--memory: must be a multiple of 4 KiB");
+  if (memoryBytes < 16 * 2 ** 20) throw new UsageError("--memory: too little memory (at least 16M)");
+  const cpus = parseCount("--cpus", flags.cpus ?? "1", 1, 254);
+  if (!flags.kernel) throw new UsageError("--kernel: required");
+  const kernel = readInput("--kernel", flags.kernel, memoryBytes);
+  try {
+    if (isElf(kernel)) parseElf(kernel);
+    else parseBzImage(kernel);
+  } catch (e) {
+    if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${flags.kernel}: ${e.message}`);
+    throw e;
+  }
+  const initrd = flags.initrd ? readInput("--initrd", flags.initrd, memoryBytes) : undefined;
+  const cmdline = flags.cmdline ?? DEFAULT_CMDLINE;
+  return { memoryBytes, cpus, kernel, initrd, cmdline };
+}
+
+export async function runCommand(flags: RunFlags): Promise<number> {
+  const input = validateRunFlags(flags);
+  if (!flags.slowKvm) {
+    const kvm = hostKvmCanBootLinux();
+    if (!kvm.ok) {
+      throw new UsageError(
+        `/dev/kvm here cannot boot Linux (${kvm.reason}); run it in the lab: vessel lab -- vessel run ...`,
+      );
+    }
+  }
+  let vm: Vm;
+  try {
+    vm = Vm.build({
+      memoryBytes: input.memoryBytes,
+      cpus: input.cpus,
+      boot: { kind: "linux", kernel: input.kernel, initrd: input.initrd, cmdline: input.cmdline },
+      consoleOut: (bytes) => {
+        process.stdout.write(Buffer.from(bytes));
+      },
+    });
+  } catch (e) {
+    if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${e.message}`);
+    if (e instanceof MissingCapabilityError || e instanceof HostError || e instanceof GuestMemoryError) {
+      throw new UsageError(`cannot start the VM: ${e.message}`);
+    }
+    if (e instanceof RangeError) throw new UsageError(e.message);
+    throw e;
+  }
+
+  const stdin = process.stdin;
+  const restoreTty = attachConsole(vm, stdin);
+  const onSignal = () => vm.end({ kind: "stopped", reason: "signal" });
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let outcome: Outcome;
+  try {
+    outcome = await vm.run();
+  } finally {
+    restoreTty();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  const stats = vm.stats();
+  vm.close();
+  if (flags.json) {
+    process.stderr.write(`${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], stats })}\n`);
+  } else {
+    process.stderr.write(`\nvessel: ${describeOutcome(outcome)}\n`);
+    if (flags.stats) process.stderr.write(formatStats(stats));
+  }
+  return OUTCOME_EXIT_CODE[outcome.kind];
+}
+
+function attachConsole(vm: Vm, stdin: NodeJS.ReadStream): () => void {
+  const tty = stdin.isTTY === true;
+  if (tty) stdin.setRawMode(true);
+  const onData = (chunk: Buffer) => {
+    const quit = chunk.indexOf(QUIT_BYTE);
+    if (tty && quit >= 0) {
+      vm.end({ kind: "stopped", reason: "Ctrl-] pressed" });
+      return;
+    }
+    vm.serial.enqueueInput(chunk);
+  };
+  stdin.on("data", onData);
+  stdin.on("error", () => {});
+  return () => {
+    stdin.off("data", onData);
+    if (tty) stdin.setRawMode(false);
+    stdin.pause();
+    stdin.unref?.();
+  };
+}
+
+export function formatStats(stats: ReturnType<Vm["stats"]>): string {
+  const rows = Object.entries(stats.exits).sort((a, b) => b[1] - a[1]);
+  const width = Math.max(12, ...rows.map(([k]) => k.length));
+  const lines = ["exit reason".padEnd(width) + "  count"];
+  for (const [k, v] of rows) lines.push(`${k.padEnd(width)}  ${v}`);
+  const pio = stats.pio as { unmappedReads: number; unmappedWrites: number; straddled: number; malformed: number };
+  const mmio = stats.mmio as typeof pio;
+  lines.push(
+    `pio bus: ${pio.unmappedReads} unmapped reads, ${pio.unmappedWrites} unmapped writes, ${pio.straddled + pio.malformed} refused`,
+  );
+  lines.push(
+    `mmio bus: ${mmio.unmappedReads} unmapped reads, ${mmio.unmappedWrites} unmapped writes, ${mmio.straddled + mmio.malformed} refused`,
+  );
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,121 @@
+// The lab harness end to end, in ONE L1 boot (boots are the expensive part): KVM is real in
+// L1, exit codes and output come back per scenario, files written to the share reach the
+// host, a hung scenario is killed by its timeout while the batch goes on, and the default
+// guest image boots under QEMU with real KVM inside L1. Never skipped: without QEMU or apt
+// the run throws and the test fails with the reason.
+
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { buildDefaultImage, EXEC_DONE_MARKER, INIT_READY_MARKER } from "../image/image.js";
+import { hostKvmCanBootLinux, LabError, type LabRun, runInLab, shQuote } from "./lab.js";
+
+describe("lab helpers", () => {
+  it("quotes for sh", () => {
+    assert.equal(shQuote("a b"), "'a b'");
+    assert.equal(shQuote("it's"), `'it'\\''s'`);
+  });
+
+  it("knows kvm_pvm cannot boot Linux", () => {
+    const verdict = hostKvmCanBootLinux();
+    assert.equal(typeof verdict.reason, "string");
+    if (existsSync("/sys/module/kvm_pvm")) assert.equal(verdict.ok, false);
+  });
+
+  it("rejects bad options before booting", async () => {
+    await assert.rejects(runInLab([]), TypeError);
+    await assert.rejects(runInLab([{ name: "x", script: "true" }], { cpus: 0 }), RangeError);
+  });
+
+  it("kills QEMU at the overall timeout and says where it was", async () => {
+    await assert.rejects(
+      runInLab([{ name: "never", script: "true" }], { timeoutSec: 1 }),
+      (err: unknown) =>
+        err instanceof LabError &&
+        /overall timeout of 1 s before L1 finished booting/.test(err.message),
+    );
+  });
+});
+
+describe("lab batch (one L1 boot)", () => {
+  let share = "";
+  let run: LabRun;
+  const guestCpus = 2;
+
+  before(async () => {
+    share = await mkdtemp(join(tmpdir(), "vessel-lab-test-"));
+    const image = await buildDefaultImage();
+    const exec = Buffer.from("nproc; grep MemTotal /proc/meminfo").toString("base64");
+    const qemu = [
+      "qemu-system-x86_64 -M microvm -enable-kvm -cpu host",
+      `-smp ${guestCpus} -m 512M -nodefaults -no-reboot -display none -serial stdio`,
+      `-kernel ${shQuote(image.kernel)} -initrd ${shQuote(image.initrd)}`,
+      `-append ${shQuote(`console=ttyS0 quiet vessel.exec=${exec}`)}`,
+    ].join(" ");
+    run = await runInLab(
+      [
+        { name: "kvm", script: "grep -c -w svm /proc/cpuinfo; test -c /dev/kvm && echo kvm-ok" },
+        { name: "exit 3", script: "echo to-stderr >&2; exit 3" },
+        { name: "write share", script: 'echo "written in L1" > "$VESSEL_LAB_SHARE/result.txt"' },
+        { name: "hang", script: "echo hanging; sleep 600", timeoutSec: 5 },
+        { name: "after hang", script: "echo still-running; pwd" },
+        { name: "guest under kvm", script: qemu, timeoutSec: 180 },
+      ],
+      { shareDir: share },
+    );
+  });
+  after(async () => {
+    await rm(share, { recursive: true, force: true });
+  });
+
+  const result = (name: string) => {
+    const r = run.results.find((x) => x.name === name);
+    assert.ok(r, `no result for ${name}`);
+    return r;
+  };
+
+  it("boots L1 with real KVM", () => {
+    assert.ok(run.bootMs > 0);
+    const r = result("kvm");
+    assert.equal(r.exitCode, 0, r.output);
+    const [svmCpus, ok] = r.output.trim().split("\n");
+    assert.equal(Number(svmCpus), 4);
+    assert.equal(ok, "kvm-ok");
+    assert.deepEqual(run.warnings, []);
+  });
+
+  it("carries exit codes and stderr", () => {
+    const r = result("exit 3");
+    assert.equal(r.exitCode, 3);
+    assert.equal(r.timedOut, false);
+    assert.equal(r.output, "to-stderr\n");
+  });
+
+  it("shares files with the host at the same path", async () => {
+    assert.equal(result("write share").exitCode, 0);
+    assert.equal(await readFile(join(share, "result.txt"), "utf8"), "written in L1\n");
+  });
+
+  it("kills a hung scenario at its timeout and goes on", () => {
+    const hang = result("hang");
+    assert.equal(hang.timedOut, true);
+    assert.equal(hang.exitCode, null);
+    assert.equal(hang.output, "hanging\n");
+    assert.ok(hang.durationMs >= 4500 && hang.durationMs < 30_000, `${hang.durationMs} ms`);
+    const next = result("after hang");
+    assert.equal(next.exitCode, 0);
+    assert.equal(next.output, `still-running\n${process.cwd()}\n`);
+  });
+
+  it("boots the default image under QEMU with KVM inside L1", () => {
+    const r = result("guest under kvm");
+    assert.equal(r.exitCode, 0, r.output);
+    assert.ok(r.output.includes(INIT_READY_MARKER), r.output);
+    assert.match(r.output, new RegExp(`VESSEL-INIT: cpus=${guestCpus} mem=\\d+`));
+    assert.match(r.output, new RegExp(`^${guestCpus}$`, "m"));
+    assert.ok(r.output.includes(`${EXEC_DONE_MARKER} rc=0`), r.output);
+  });
+});
