@@ -9,14 +9,21 @@ export class UsageError extends Error {
   }
 }
 
-const UNITS: Record<string, number> = { "": 2 ** 20, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+const UNITS: Record<string, number> = {
+  "": 2 ** 20,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+};
 
 /** A memory size: a plain number is MiB (as in QEMU's -m); K, M, G, T suffixes, optional "iB"/"B". */
 export function parseSize(flag: string, text: string): number {
   const m = /^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
   if (!m) throw new UsageError(`${flag}: "${text}" is not a size (use e.g. 512M or 2G)`);
   const bytes = Number(m[1]) * (UNITS[(m[2] ?? "").toLowerCase()] ?? 1);
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new UsageError(`${flag}: "${text}" is out of range`);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0)
+    throw new UsageError(`${flag}: "${text}" is out of range`);
   return bytes;
 }
 

@@ -32,7 +32,10 @@ async function ensureImage(json: boolean, force = false) {
   return built;
 }
 
-export async function imageBuildCommand(opts: { force?: boolean; json?: boolean }): Promise<number> {
+export async function imageBuildCommand(opts: {
+  force?: boolean;
+  json?: boolean;
+}): Promise<number> {
   const built = await ensureImage(opts.json === true, opts.force === true);
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(built)}\n`);
@@ -54,11 +57,14 @@ export async function labCommand(
   const avail = labAvailable();
   if (!avail.ok) throw new UsageError(`the lab cannot run here: ${avail.reason}`);
   const interactive = process.stdin.isTTY === true;
-  const run = await runInLab([{ name: "command", script: command.map(shQuote).join(" "), timeoutSec }], {
-    cpus,
-    memoryMiB,
-    interactive,
-  });
+  const run = await runInLab(
+    [{ name: "command", script: command.map(shQuote).join(" "), timeoutSec }],
+    {
+      cpus,
+      memoryMiB,
+      interactive,
+    },
+  );
   const r = run.results[0];
   if (!r) throw new UsageError("the lab ended before running the command");
   if (!interactive) process.stdout.write(r.output);
@@ -66,14 +72,22 @@ export async function labCommand(
   return r.exitCode ?? 1;
 }
 
-export async function upCommand(opts: { cpus: string; memory: string }, vesselBin: string): Promise<number> {
+export async function upCommand(
+  opts: { cpus: string; memory: string },
+  vesselBin: string,
+): Promise<number> {
   const cpus = parseCount("--cpus", opts.cpus, 1, 254);
   parseSize("--memory", opts.memory);
   if (!imageIsBuilt()) await ensureImage(false);
   const img = defaultImagePaths();
   const kvm = hostKvmCanBootLinux();
   if (kvm.ok) {
-    return runCommand({ kernel: img.kernel, initrd: img.initrd, memory: opts.memory, cpus: String(cpus) });
+    return runCommand({
+      kernel: img.kernel,
+      initrd: img.initrd,
+      memory: opts.memory,
+      cpus: String(cpus),
+    });
   }
   process.stderr.write(
     `vessel: /dev/kvm here cannot boot Linux (${kvm.reason}); booting the default guest inside the lab (real KVM under QEMU TCG with SVM)\n`,

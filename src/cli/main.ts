@@ -55,11 +55,16 @@ program
 
 program
   .command("up")
-  .description("build the default guest if missing and boot it to a shell (through the lab where needed)")
+  .description(
+    "build the default guest if missing and boot it to a shell (through the lab where needed)",
+  )
   .option("--cpus <n>", "vCPUs", "2")
   .option("--memory <size>", "guest RAM", "512M")
   .action(async (opts) => {
-    exitCode = await upCommand(opts, fileURLToPath(new URL("../../../bin/vessel.js", import.meta.url)));
+    exitCode = await upCommand(
+      opts,
+      fileURLToPath(new URL("../../../bin/vessel.js", import.meta.url)),
+    );
   });
 
 try {

@@ -45,7 +45,8 @@ function readInput(flag: string, path: string, limit: number): Uint8Array {
 export function validateRunFlags(flags: RunFlags) {
   const memoryBytes = parseSize("--memory", flags.memory ?? "512M");
   if (memoryBytes % 4096 !== 0) throw new UsageError("--memory: must be a multiple of 4 KiB");
-  if (memoryBytes < 16 * 2 ** 20) throw new UsageError("--memory: too little memory (at least 16M)");
+  if (memoryBytes < 16 * 2 ** 20)
+    throw new UsageError("--memory: too little memory (at least 16M)");
   const cpus = parseCount("--cpus", flags.cpus ?? "1", 1, 254);
   if (!flags.kernel) throw new UsageError("--kernel: required");
   const kernel = readInput("--kernel", flags.kernel, memoryBytes);
@@ -53,7 +54,8 @@ export function validateRunFlags(flags: RunFlags) {
     if (isElf(kernel)) parseElf(kernel);
     else parseBzImage(kernel);
   } catch (e) {
-    if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${flags.kernel}: ${e.message}`);
+    if (e instanceof KernelImageError)
+      throw new UsageError(`--kernel: ${flags.kernel}: ${e.message}`);
     throw e;
   }
   const initrd = flags.initrd ? readInput("--initrd", flags.initrd, memoryBytes) : undefined;
@@ -83,7 +85,11 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     });
   } catch (e) {
     if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${e.message}`);
-    if (e instanceof MissingCapabilityError || e instanceof HostError || e instanceof GuestMemoryError) {
+    if (
+      e instanceof MissingCapabilityError ||
+      e instanceof HostError ||
+      e instanceof GuestMemoryError
+    ) {
       throw new UsageError(`cannot start the VM: ${e.message}`);
     }
     if (e instanceof RangeError) throw new UsageError(e.message);
@@ -92,9 +98,16 @@ export async function runCommand(flags: RunFlags): Promise<number> {
 
   const stdin = process.stdin;
   const restoreTty = attachConsole(vm, stdin);
-  const onSignal = () => vm.end({ kind: "stopped", reason: "signal" });
+  const onSignal = (signal: string) => vm.end({ kind: "stopped", reason: `${signal} received` });
+  // SIGPWR is the traditional "power is failing" signal: press the guest's power button,
+  // so `kill -PWR` is a clean shutdown request, as `virsh shutdown` is.
+  const onPower = () => {
+    process.stderr.write("vessel: pressing the guest's power button\n");
+    vm.pressPowerButton();
+  };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
+  process.on("SIGPWR", onPower);
   let outcome: Outcome;
   try {
     outcome = await vm.run();
@@ -102,11 +115,14 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     restoreTty();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    process.off("SIGPWR", onPower);
   }
   const stats = vm.stats();
   vm.close();
   if (flags.json) {
-    process.stderr.write(`${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], stats })}\n`);
+    process.stderr.write(
+      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], stats })}\n`,
+    );
   } else {
     process.stderr.write(`\nvessel: ${describeOutcome(outcome)}\n`);
     if (flags.stats) process.stderr.write(formatStats(stats));
@@ -138,9 +154,14 @@ function attachConsole(vm: Vm, stdin: NodeJS.ReadStream): () => void {
 export function formatStats(stats: ReturnType<Vm["stats"]>): string {
   const rows = Object.entries(stats.exits).sort((a, b) => b[1] - a[1]);
   const width = Math.max(12, ...rows.map(([k]) => k.length));
-  const lines = ["exit reason".padEnd(width) + "  count"];
+  const lines = [`${"exit reason".padEnd(width)}  count`];
   for (const [k, v] of rows) lines.push(`${k.padEnd(width)}  ${v}`);
-  const pio = stats.pio as { unmappedReads: number; unmappedWrites: number; straddled: number; malformed: number };
+  const pio = stats.pio as {
+    unmappedReads: number;
+    unmappedWrites: number;
+    straddled: number;
+    malformed: number;
+  };
   const mmio = stats.mmio as typeof pio;
   lines.push(
     `pio bus: ${pio.unmappedReads} unmapped reads, ${pio.unmappedWrites} unmapped writes, ${pio.straddled + pio.malformed} refused`,

@@ -5,7 +5,18 @@
 
 import { HostError, MissingCapabilityError } from "./errors.js";
 import * as abi from "./kvm_abi.js";
-import { close, ioctl, ioctlValue, type Mapping, MAP_SHARED, mmap, O_RDWR, open, PROT_READ, PROT_WRITE } from "./libc.js";
+import {
+  close,
+  ioctl,
+  ioctlValue,
+  MAP_SHARED,
+  type Mapping,
+  mmap,
+  O_RDWR,
+  open,
+  PROT_READ,
+  PROT_WRITE,
+} from "./libc.js";
 
 export interface Segment {
   base: bigint;
@@ -112,7 +123,9 @@ export class Kvm {
     const version = ioctlValue(this.fd, abi.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION");
     if (version !== abi.KVM_API_VERSION) {
       close(this.fd);
-      throw new Error(`Cannot use ${path}: KVM API version ${version}, Vessel needs ${abi.KVM_API_VERSION}`);
+      throw new Error(
+        `Cannot use ${path}: KVM API version ${version}, Vessel needs ${abi.KVM_API_VERSION}`,
+      );
     }
   }
 
@@ -182,7 +195,13 @@ export class VmFd {
     return ioctlValue(this.fd, abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION");
   }
 
-  setUserMemoryRegion(slot: number, guestPhysAddr: bigint, size: bigint, userAddr: bigint, flags = 0): void {
+  setUserMemoryRegion(
+    slot: number,
+    guestPhysAddr: bigint,
+    size: bigint,
+    userAddr: bigint,
+    flags = 0,
+  ): void {
     const buf = new Uint8Array(abi.SIZEOF_KVM_USERSPACE_MEMORY_REGION);
     const dv = new DataView(buf.buffer);
     dv.setUint32(0, slot, true);
@@ -228,7 +247,12 @@ export class VmFd {
   }
 
   /** Signal an eventfd when the guest writes `len` bytes at `addr` (MMIO unless pio). */
-  ioeventfd(fd: number, addr: bigint, len: number, opts: { pio?: boolean; datamatch?: bigint } = {}): void {
+  ioeventfd(
+    fd: number,
+    addr: bigint,
+    len: number,
+    opts: { pio?: boolean; datamatch?: bigint } = {},
+  ): void {
     const buf = new Uint8Array(abi.SIZEOF_KVM_IOEVENTFD);
     const dv = new DataView(buf.buffer);
     let flags = opts.pio ? abi.KVM_IOEVENTFD_FLAG_PIO : 0;
@@ -244,7 +268,11 @@ export class VmFd {
   }
 
   createVcpu(id: number): VcpuFd {
-    return new VcpuFd(this, ioctlValue(this.fd, abi.KVM_CREATE_VCPU, id, `KVM_CREATE_VCPU ${id}`), id);
+    return new VcpuFd(
+      this,
+      ioctlValue(this.fd, abi.KVM_CREATE_VCPU, id, `KVM_CREATE_VCPU ${id}`),
+      id,
+    );
   }
 
   close(): void {
@@ -289,8 +317,14 @@ export class VcpuFd {
     const dv = new DataView(buf.buffer);
     const s = {} as Record<string, unknown>;
     for (const [name, off] of SREG_SEGMENTS) s[name] = readSegment(dv, off);
-    s.gdt = { base: dv.getBigUint64(abi.SREGS_GDT, true), limit: dv.getUint16(abi.SREGS_GDT + 8, true) };
-    s.idt = { base: dv.getBigUint64(abi.SREGS_IDT, true), limit: dv.getUint16(abi.SREGS_IDT + 8, true) };
+    s.gdt = {
+      base: dv.getBigUint64(abi.SREGS_GDT, true),
+      limit: dv.getUint16(abi.SREGS_GDT + 8, true),
+    };
+    s.idt = {
+      base: dv.getBigUint64(abi.SREGS_IDT, true),
+      limit: dv.getUint16(abi.SREGS_IDT + 8, true),
+    };
     for (const [name, off] of SREG_CONTROL) s[name] = dv.getBigUint64(off, true);
     s.interruptBitmap = buf.slice(280, 312);
     return s as unknown as Sregs;
@@ -339,7 +373,9 @@ export class VcpuFd {
     const set = ioctl(this.fd, abi.KVM_SET_MSRS, buf, "KVM_SET_MSRS");
     if (set !== msrs.length) {
       const bad = msrs[set];
-      throw new Error(`KVM_SET_MSRS set ${set} of ${msrs.length} MSRs; refused 0x${bad?.index.toString(16)}`);
+      throw new Error(
+        `KVM_SET_MSRS set ${set} of ${msrs.length} MSRs; refused 0x${bad?.index.toString(16)}`,
+      );
     }
   }
 

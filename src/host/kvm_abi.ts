@@ -154,8 +154,24 @@ export const SREGS_APIC_BASE = 272;
 
 // struct kvm_regs: 18 u64 in this order.
 export const REGS_ORDER = [
-  "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags",
+  "rax",
+  "rbx",
+  "rcx",
+  "rdx",
+  "rsi",
+  "rdi",
+  "rsp",
+  "rbp",
+  "r8",
+  "r9",
+  "r10",
+  "r11",
+  "r12",
+  "r13",
+  "r14",
+  "r15",
+  "rip",
+  "rflags",
 ] as const;
 
 // struct kvm_fpu offsets.

@@ -14,7 +14,9 @@ const ioctlPtr = lib.func("int ioctl(int fd, unsigned long req, void *arg)");
 const ioctlInt = lib.func("int ioctl(int fd, unsigned long req, uintptr_t arg)");
 const openFn = lib.func("int open(const char *path, int flags, int mode)");
 const closeFn = lib.func("int close(int fd)");
-const mmapFn = lib.func("void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)");
+const mmapFn = lib.func(
+  "void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)",
+);
 const munmapFn = lib.func("int munmap(void *addr, size_t len)");
 const madviseFn = lib.func("int madvise(void *addr, size_t len, int advice)");
 const eventfdFn = lib.func("int eventfd(unsigned int initval, int flags)");
@@ -50,12 +52,22 @@ function check(call: string, ret: number | bigint): number {
 }
 
 /** ioctl with a pointer argument (a Buffer/TypedArray is passed by address). */
-export function ioctl(fd: number, request: number, arg: ArrayBufferView | null, name: string): number {
+export function ioctl(
+  fd: number,
+  request: number,
+  arg: ArrayBufferView | null,
+  name: string,
+): number {
   return check(`ioctl(${name})`, ioctlPtr(fd, request, arg));
 }
 
 /** ioctl with an integer argument. */
-export function ioctlValue(fd: number, request: number, arg: number | bigint, name: string): number {
+export function ioctlValue(
+  fd: number,
+  request: number,
+  arg: number | bigint,
+  name: string,
+): number {
   return check(`ioctl(${name})`, ioctlInt(fd, request, arg));
 }
 

@@ -1,6 +1,6 @@
 // Host bindings: libc and the /dev/kvm ioctls. Everything above this layer reaches the
 // kernel only through these exports.
 export * from "./errors.js";
-export * as abi from "./kvm_abi.js";
 export * from "./kvm.js";
+export * as abi from "./kvm_abi.js";
 export * as libc from "./libc.js";

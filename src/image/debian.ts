@@ -4,7 +4,7 @@
 
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, rename, rm, symlink } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rename, rm, stat, symlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -76,12 +76,15 @@ export async function extractDeb(deb: string, dest: string): Promise<void> {
 /** A fresh scratch directory beside `finalPath`, so a rename into place stays atomic. */
 export async function scratchDirBeside(finalPath: string): Promise<string> {
   await mkdir(dirname(finalPath), { recursive: true });
+  await removeStaleScratch(dirname(finalPath));
   return mkdtemp(join(dirname(finalPath), ".tmp-"));
 }
 
 /**
  * Move a fully written directory into place with one rename. An existing directory is moved
  * aside first and removed after, so readers see either the old or the new one, never half.
+ * Builds are keyed by content, so when a concurrent build installed the same key first, its
+ * result is kept and ours discarded.
  */
 export async function installDir(built: string, finalPath: string): Promise<void> {
   if (existsSync(finalPath)) {
@@ -89,8 +92,35 @@ export async function installDir(built: string, finalPath: string): Promise<void
     await rename(finalPath, old);
     await rename(built, finalPath);
     await rm(old, { recursive: true, force: true });
-  } else {
+    return;
+  }
+  try {
     await rename(built, finalPath);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+    await rm(built, { recursive: true, force: true });
+  }
+}
+
+/** Remove scratch directories (`.tmp-*`) an interrupted build left over an hour ago. */
+export async function removeStaleScratch(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  const cutoff = Date.now() - 3600_000;
+  for (const name of names) {
+    if (!name.startsWith(".tmp-") && !/\.old-\d+-\d+$/.test(name)) continue;
+    try {
+      if ((await stat(join(dir, name))).mtimeMs < cutoff) {
+        await rm(join(dir, name), { recursive: true, force: true });
+      }
+    } catch {
+      // raced with another cleaner
+    }
   }
 }
 

@@ -86,7 +86,9 @@ if [ -n "$exec_b64" ]; then
   echo "${EXEC_DONE_MARKER} rc=$?"
   power_off
 fi
-acpid
+# acpid exits at once when it cannot open its log (/var/log/acpid.log).
+mkdir -p /var/log
+acpid || echo "VESSEL-INIT: acpid failed; the power button will not work"
 export PS1='vessel:\\w# '
 setsid cttyhack sh
 power_off
@@ -263,4 +265,18 @@ function readlinkOrNull(path: string): string | null {
   } catch {
     return null;
   }
+}
+
+/** Kernel command line limit on x86 (COMMAND_LINE_SIZE, arch/x86/include/asm/setup.h). */
+const COMMAND_LINE_SIZE = 2048;
+
+/** The `vessel.exec=<base64>` argument that makes /init run `script` and power off. */
+export function execCmdlineArg(script: string): string {
+  const arg = `vessel.exec=${Buffer.from(script, "utf8").toString("base64")}`;
+  if (arg.length > COMMAND_LINE_SIZE - 256) {
+    throw new RangeError(
+      `Cannot pass the script on the kernel command line: ${arg.length} bytes encoded, limit ${COMMAND_LINE_SIZE - 256}`,
+    );
+  }
+  return arg;
 }

@@ -14,6 +14,7 @@ export {
   defaultImageDir,
   defaultImagePaths,
   EXEC_DONE_MARKER,
+  execCmdlineArg,
   GUEST_KERNEL_META,
   type ImageManifest,
   type ImagePaths,

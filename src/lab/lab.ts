@@ -143,6 +143,29 @@ export function hostKvmCanBootLinux(): { ok: boolean; reason: string } {
   return { ok: false, reason: "the CPU has neither vmx nor svm" };
 }
 
+export interface GuestCommandOptions {
+  kernel: string;
+  initrd: string;
+  cpus?: number;
+  memoryMiB?: number;
+  /** Extra kernel command line, e.g. execCmdlineArg(script) from the image module. */
+  cmdline?: string;
+}
+
+/**
+ * A shell command (for a scenario) that boots a guest under QEMU's microvm with the real
+ * KVM of L1, serial console on stdout: the reference to compare Vessel against.
+ */
+export function qemuGuestCommand(o: GuestCommandOptions): string {
+  const cmdline = `console=ttyS0 quiet${o.cmdline === undefined ? "" : ` ${o.cmdline}`}`;
+  return [
+    "qemu-system-x86_64 -M microvm -enable-kvm -cpu host",
+    `-smp ${o.cpus ?? 1} -m ${o.memoryMiB ?? 512}M`,
+    "-nodefaults -no-reboot -display none -serial stdio",
+    `-kernel ${shQuote(o.kernel)} -initrd ${shQuote(o.initrd)} -append ${shQuote(cmdline)}`,
+  ].join(" ");
+}
+
 /** Quote for POSIX sh with single quotes. */
 export function shQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;

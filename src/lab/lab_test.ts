@@ -10,8 +10,20 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { buildDefaultImage, EXEC_DONE_MARKER, INIT_READY_MARKER } from "../image/image.js";
-import { hostKvmCanBootLinux, LabError, type LabRun, runInLab, shQuote } from "./lab.js";
+import {
+  buildDefaultImage,
+  EXEC_DONE_MARKER,
+  execCmdlineArg,
+  INIT_READY_MARKER,
+} from "../image/image.js";
+import {
+  hostKvmCanBootLinux,
+  LabError,
+  type LabRun,
+  qemuGuestCommand,
+  runInLab,
+  shQuote,
+} from "./lab.js";
 
 describe("lab helpers", () => {
   it("quotes for sh", () => {
@@ -48,13 +60,31 @@ describe("lab batch (one L1 boot)", () => {
   before(async () => {
     share = await mkdtemp(join(tmpdir(), "vessel-lab-test-"));
     const image = await buildDefaultImage();
-    const exec = Buffer.from("nproc; grep MemTotal /proc/meminfo").toString("base64");
-    const qemu = [
-      "qemu-system-x86_64 -M microvm -enable-kvm -cpu host",
-      `-smp ${guestCpus} -m 512M -nodefaults -no-reboot -display none -serial stdio`,
-      `-kernel ${shQuote(image.kernel)} -initrd ${shQuote(image.initrd)}`,
-      `-append ${shQuote(`console=ttyS0 quiet vessel.exec=${exec}`)}`,
-    ].join(" ");
+    const qemu = qemuGuestCommand({
+      kernel: image.kernel,
+      initrd: image.initrd,
+      cpus: guestCpus,
+      cmdline: execCmdlineArg("nproc; grep MemTotal /proc/meminfo"),
+    });
+    // No vessel.exec: the guest sits at its shell until QEMU's power-down request presses the
+    // ACPI power button, which acpid must turn into a clean poweroff (QEMU then exits).
+    const interactiveGuest = qemuGuestCommand({
+      kernel: image.kernel,
+      initrd: image.initrd,
+    }).replace("-serial stdio", '-serial file:"$out" -monitor stdio');
+    const powerButton = [
+      'out="$VESSEL_LAB_SHARE/guest-console.txt" fifo=/tmp/vessel-monitor.$$',
+      'mkfifo "$fifo"',
+      `${interactiveGuest} < "$fifo" > /dev/null &`,
+      "qemu=$!",
+      'exec 3> "$fifo"',
+      'until grep -q VESSEL-INIT-READY "$out" 2>/dev/null; do sleep 0.5; done',
+      "sleep 1",
+      "echo system_powerdown >&3",
+      'wait "$qemu"',
+      'echo "qemu exited rc=$?"',
+      'cat "$out"',
+    ].join("\n");
     run = await runInLab(
       [
         { name: "kvm", script: "grep -c -w svm /proc/cpuinfo; test -c /dev/kvm && echo kvm-ok" },
@@ -63,6 +93,7 @@ describe("lab batch (one L1 boot)", () => {
         { name: "hang", script: "echo hanging; sleep 600", timeoutSec: 5 },
         { name: "after hang", script: "echo still-running; pwd" },
         { name: "guest under kvm", script: qemu, timeoutSec: 180 },
+        { name: "guest power button", script: powerButton, timeoutSec: 90 },
       ],
       { shareDir: share },
     );
@@ -117,5 +148,14 @@ describe("lab batch (one L1 boot)", () => {
     assert.match(r.output, new RegExp(`VESSEL-INIT: cpus=${guestCpus} mem=\\d+`));
     assert.match(r.output, new RegExp(`^${guestCpus}$`, "m"));
     assert.ok(r.output.includes(`${EXEC_DONE_MARKER} rc=0`), r.output);
+  });
+
+  it("powers the guest off on the ACPI power button", () => {
+    const r = result("guest power button");
+    assert.equal(r.timedOut, false, r.output);
+    assert.equal(r.exitCode, 0, r.output);
+    assert.ok(r.output.startsWith("qemu exited rc=0\n"), r.output);
+    assert.ok(r.output.includes(INIT_READY_MARKER), r.output);
+    assert.ok(!r.output.includes(EXEC_DONE_MARKER), r.output);
   });
 });

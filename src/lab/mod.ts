@@ -2,6 +2,7 @@
 
 export { ensureL1Image, type L1Image, l1ImageCached, labCacheDir } from "./l1image.js";
 export {
+  type GuestCommandOptions,
   hostKvmCanBootLinux,
   LabError,
   type LabOptions,
@@ -9,6 +10,7 @@ export {
   type LabRun,
   type LabScenario,
   labAvailable,
+  qemuGuestCommand,
   runInLab,
   shQuote,
 } from "./lab.js";

@@ -81,7 +81,13 @@ export class GuestMemory {
 
   /** True when [address, address+length) lies wholly in RAM (possibly across chunks). */
   contains(address: number, length: number): boolean {
-    if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || address < 0 || length < 0) return false;
+    if (
+      !Number.isSafeInteger(address) ||
+      !Number.isSafeInteger(length) ||
+      address < 0 ||
+      length < 0
+    )
+      return false;
     let a = address;
     const end = address + length;
     if (length === 0) return this.findChunk(address) !== undefined;

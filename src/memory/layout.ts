@@ -23,7 +23,9 @@ export interface RamRegion {
 /** Split `bytes` of RAM around the MMIO hole. */
 export function ramRegions(bytes: number): RamRegion[] {
   if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % 4096 !== 0) {
-    throw new RangeError(`Cannot lay out guest memory: size ${bytes} is not a positive multiple of 4096`);
+    throw new RangeError(
+      `Cannot lay out guest memory: size ${bytes} is not a positive multiple of 4096`,
+    );
   }
   const low = Math.min(bytes, MMIO_HOLE_START);
   const regions: RamRegion[] = [{ start: 0, size: low }];

@@ -54,7 +54,13 @@ export class VcpuThread {
   start(): void {
     installKickHandler();
     const worker = new Worker(new URL("./vcpu_worker.js", import.meta.url), {
-      workerData: { fd: this.vcpu.fd, runSize: this.runMapping.length, id: this.id, shared: this.shared, kickSignal: KICK_SIGNAL },
+      workerData: {
+        fd: this.vcpu.fd,
+        runSize: this.runMapping.length,
+        id: this.id,
+        shared: this.shared,
+        kickSignal: KICK_SIGNAL,
+      },
       stdout: false,
       stderr: false,
     });
@@ -75,7 +81,11 @@ export class VcpuThread {
     worker.on("exit", (code) => {
       this.serving = false;
       Atomics.notify(this.ctrl, ch.C_MAILBOX);
-      if (!reported) this.resolveExit({ kind: "error", message: `vCPU ${this.id} thread exited with code ${code}` });
+      if (!reported)
+        this.resolveExit({
+          kind: "error",
+          message: `vCPU ${this.id} thread exited with code ${code}`,
+        });
     });
     this.serving = true;
     void this.serve();
@@ -101,13 +111,18 @@ export class VcpuThread {
     const isWrite = Atomics.load(ctrl, ch.C_IS_WRITE) === 1;
     const size = Atomics.load(ctrl, ch.C_SIZE);
     const count = Atomics.load(ctrl, ch.C_COUNT);
-    const addr = (Atomics.load(ctrl, ch.C_ADDR_LO) >>> 0) + (Atomics.load(ctrl, ch.C_ADDR_HI) >>> 0) * 0x100000000;
+    const addr =
+      (Atomics.load(ctrl, ch.C_ADDR_LO) >>> 0) +
+      (Atomics.load(ctrl, ch.C_ADDR_HI) >>> 0) * 0x100000000;
     try {
-      if (Atomics.load(ctrl, ch.C_KIND) === ch.KIND_PIO) this.handler.pio(isWrite, addr, size, count, this.data);
+      if (Atomics.load(ctrl, ch.C_KIND) === ch.KIND_PIO)
+        this.handler.pio(isWrite, addr, size, count, this.data);
       else this.handler.mmio(isWrite, addr, size, this.data);
     } catch (e) {
       // A device must never take the VMM down; a throw here is our bug, so log it loudly.
-      process.emitWarning(`device error on vCPU ${this.id}: ${e instanceof Error ? e.stack : String(e)}`);
+      process.emitWarning(
+        `device error on vCPU ${this.id}: ${e instanceof Error ? e.stack : String(e)}`,
+      );
       if (!isWrite) this.data.fill(0xff, 0, Math.min(size * count, this.data.length));
     }
   }

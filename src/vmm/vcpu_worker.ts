@@ -28,18 +28,16 @@ const portMap = new Uint8Array(shared.portMap);
 const exitSlots = abi.KVM_EXIT_REASON_SLOTS;
 
 libc.unblockSignal(kickSignal);
-const runMap = libc.mmap(
-  runSize,
-  libc.PROT_READ | libc.PROT_WRITE,
-  libc.MAP_SHARED,
-  fd,
-  0,
-);
+const runMap = libc.mmap(runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
 const run = new DataView(runMap.buffer);
 const runBytes = new Uint8Array(runMap.buffer);
 Atomics.store(ctrl, ch.C_TID, libc.gettid());
 Atomics.store(ctrl, ch.C_RUNSTATE, ch.RS_RUNNING);
 Atomics.notify(ctrl, ch.C_RUNSTATE);
+
+function bump(slot: number): void {
+  stats[slot] = (stats[slot] ?? 0) + 1;
+}
 
 function forward(kind: number, isWrite: number, size: number, count: number, addr: number): void {
   Atomics.store(ctrl, ch.C_KIND, kind);
@@ -50,9 +48,10 @@ function forward(kind: number, isWrite: number, size: number, count: number, add
   Atomics.store(ctrl, ch.C_ADDR_HI, Math.floor(addr / 0x100000000));
   Atomics.store(ctrl, ch.C_MAILBOX, ch.MB_REQUEST);
   Atomics.notify(ctrl, ch.C_MAILBOX);
-  while (Atomics.load(ctrl, ch.C_MAILBOX) === ch.MB_REQUEST) Atomics.wait(ctrl, ch.C_MAILBOX, ch.MB_REQUEST);
+  while (Atomics.load(ctrl, ch.C_MAILBOX) === ch.MB_REQUEST)
+    Atomics.wait(ctrl, ch.C_MAILBOX, ch.MB_REQUEST);
   Atomics.store(ctrl, ch.C_MAILBOX, ch.MB_IDLE);
-  stats[exitSlots + ch.S_FORWARDED]!++;
+  bump(exitSlots + ch.S_FORWARDED);
 }
 
 function handleIo(): void {
@@ -76,10 +75,10 @@ function handleIo(): void {
   } else if (owner === ch.PORT_SINK && direction === abi.KVM_EXIT_IO_OUT) {
     // I/O delay writes: nothing to do.
   } else if (direction === abi.KVM_EXIT_IO_OUT) {
-    stats[exitSlots + ch.S_UNMAPPED_PIO_WRITE]!++;
+    bump(exitSlots + ch.S_UNMAPPED_PIO_WRITE);
   } else {
     runBytes.fill(0xff, offset, offset + bytes);
-    stats[exitSlots + ch.S_UNMAPPED_PIO_READ]!++;
+    bump(exitSlots + ch.S_UNMAPPED_PIO_READ);
   }
 }
 
@@ -131,14 +130,14 @@ function loop(): ch.VcpuExit {
     const r = libc.ioctlRaw(fd, abi.KVM_RUN, 0);
     if (r < 0) {
       if (r === -EINTR || r === -EAGAIN) {
-        stats[exitSlots + ch.S_KICKS]!++;
+        bump(exitSlots + ch.S_KICKS);
         if (!obeyCommand()) return { kind: "stopped" };
         continue;
       }
       return { kind: "error", message: `KVM_RUN failed: errno ${-r}` };
     }
     const reason = run.getUint32(abi.RUN_EXIT_REASON, true);
-    stats[reason < exitSlots ? reason : exitSlots - 1]!++;
+    bump(reason < exitSlots ? reason : exitSlots - 1);
     switch (reason) {
       case abi.KVM_EXIT_IO:
         handleIo();
@@ -158,11 +157,19 @@ function loop(): ch.VcpuExit {
       case abi.KVM_EXIT_INTERNAL_ERROR: {
         const n = Math.min(run.getUint32(abi.RUN_INTERNAL_NDATA, true), 16);
         const words: string[] = [];
-        for (let i = 0; i < n; i++) words.push(`0x${run.getBigUint64(abi.RUN_INTERNAL_DATA + i * 8, true).toString(16)}`);
-        return { kind: "internal-error", suberror: run.getUint32(abi.RUN_INTERNAL_SUBERROR, true), data: words };
+        for (let i = 0; i < n; i++)
+          words.push(`0x${run.getBigUint64(abi.RUN_INTERNAL_DATA + i * 8, true).toString(16)}`);
+        return {
+          kind: "internal-error",
+          suberror: run.getUint32(abi.RUN_INTERNAL_SUBERROR, true),
+          data: words,
+        };
       }
       case abi.KVM_EXIT_FAIL_ENTRY:
-        return { kind: "fail-entry", reason: `0x${run.getBigUint64(abi.RUN_FAIL_ENTRY_REASON, true).toString(16)}` };
+        return {
+          kind: "fail-entry",
+          reason: `0x${run.getBigUint64(abi.RUN_FAIL_ENTRY_REASON, true).toString(16)}`,
+        };
       default:
         return { kind: "unexpected-exit", reason };
     }

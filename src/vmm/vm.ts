@@ -3,7 +3,7 @@
 // buses and legacy devices, ACPI tables, the kernel and its boot parameters, then vCPUs.
 // Vm.run() starts one thread per vCPU and resolves with how the guest's run ended.
 
-import { buildAcpiTables } from "../acpi/mod.js";
+import { ACPI_PM_PORT_BASE, buildAcpiTables } from "../acpi/mod.js";
 import * as x86 from "../arch/x86/mod.js";
 import { AcpiPmDevice, GED_MMIO_SIZE, GedDevice, PM_PORT_SIZE } from "../devices/acpi/mod.js";
 import { Bus, MMIO_SPACE_SIZE, PIO_SPACE_SIZE } from "../devices/bus/mod.js";
@@ -13,9 +13,8 @@ import { Rtc } from "../devices/legacy/rtc.js";
 import { Serial } from "../devices/legacy/serial.js";
 import { abi, Kvm, type VcpuFd, type VmFd } from "../host/mod.js";
 import { GuestMemory, MIB, MMIO_DEVICES_START, ramRegions } from "../memory/mod.js";
-import { ACPI_PM_PORT_BASE } from "../acpi/mod.js";
-import * as ch from "./vcpu_channel.js";
 import { type ExitHandler, VcpuThread } from "./vcpu.js";
+import * as ch from "./vcpu_channel.js";
 
 export const COM1_PORT = 0x3f8;
 export const COM1_GSI = 4;
@@ -81,6 +80,35 @@ export function describeOutcome(o: Outcome): string {
   }
 }
 
+/** How a vCPU thread's end maps to the VM's outcome; undefined when it was asked to stop. */
+function outcomeOfExit(id: number, e: ch.VcpuExit): Outcome | undefined {
+  switch (e.kind) {
+    case "stopped":
+      return undefined;
+    case "triple-fault":
+      return { kind: "triple-fault", vcpu: id };
+    case "system-event":
+      if (e.type === abi.KVM_SYSTEM_EVENT_RESET)
+        return { kind: "reboot", reason: "KVM system event" };
+      if (e.type === abi.KVM_SYSTEM_EVENT_SHUTDOWN) return { kind: "poweroff" };
+      return { kind: "internal-error", vcpu: id, detail: `system event ${e.type}` };
+    case "internal-error":
+      return {
+        kind: "internal-error",
+        vcpu: id,
+        detail: `KVM_EXIT_INTERNAL_ERROR suberror ${e.suberror} [${e.data.join(" ")}]`,
+      };
+    case "fail-entry":
+      return { kind: "internal-error", vcpu: id, detail: `KVM_EXIT_FAIL_ENTRY ${e.reason}` };
+    case "hlt":
+      return { kind: "halted", vcpu: id };
+    case "unexpected-exit":
+      return { kind: "internal-error", vcpu: id, detail: `unexpected exit reason ${e.reason}` };
+    case "error":
+      return { kind: "error", detail: e.message };
+  }
+}
+
 class KvmIrqLine implements IrqLine {
   constructor(
     private readonly vm: VmFd,
@@ -121,9 +149,14 @@ export class Vm implements ExitHandler {
       KVM_CAP_PIT2: abi.KVM_CAP_PIT2,
       KVM_CAP_IMMEDIATE_EXIT: abi.KVM_CAP_IMMEDIATE_EXIT,
     });
-    const maxVcpus = Math.max(this.kvm.checkExtension(abi.KVM_CAP_MAX_VCPUS), this.kvm.checkExtension(abi.KVM_CAP_NR_VCPUS));
+    const maxVcpus = Math.max(
+      this.kvm.checkExtension(abi.KVM_CAP_MAX_VCPUS),
+      this.kvm.checkExtension(abi.KVM_CAP_NR_VCPUS),
+    );
     if (config.cpus > maxVcpus) {
-      throw new RangeError(`--cpus ${config.cpus} is more than this host's KVM allows (${maxVcpus})`);
+      throw new RangeError(
+        `--cpus ${config.cpus} is more than this host's KVM allows (${maxVcpus})`,
+      );
     }
 
     // 2. The VM, with the in-kernel LAPICs/IOAPIC and PIT.
@@ -142,12 +175,20 @@ export class Vm implements ExitHandler {
 
     // 4. Buses and legacy devices.
     const request = (r: VmRequest, reason: string) => this.request(r, reason);
-    this.serial = new Serial({ irq: new KvmIrqLine(this.vmFd, COM1_GSI), out: config.consoleOut }, "serial0");
+    this.serial = new Serial({
+      irq: new KvmIrqLine(this.vmFd, COM1_GSI),
+      out: config.consoleOut,
+      name: "serial0",
+    });
     this.addPio(COM1_PORT, 8, this.serial);
     const i8042 = new I8042({ request });
     this.addPio(I8042_DATA_PORT, 1, i8042.dataPort);
     this.addPio(I8042_COMMAND_PORT, 1, i8042.commandPort);
-    this.addPio(RTC_PORT, 2, new Rtc({ memoryBelow4G: regions[0]?.size ?? 0, memoryAbove4G: regions[1]?.size ?? 0 }));
+    this.addPio(
+      RTC_PORT,
+      2,
+      new Rtc({ memoryBelow4G: regions[0]?.size ?? 0, memoryAbove4G: regions[1]?.size ?? 0 }),
+    );
     this.addPio(ACPI_PM_PORT_BASE, PM_PORT_SIZE, new AcpiPmDevice(request));
     this.ged = new GedDevice(new KvmIrqLine(this.vmFd, GED_GSI));
     this.mmioBus.insert(GED_ADDRESS, GED_MMIO_SIZE, this.ged);
@@ -164,7 +205,7 @@ export class Vm implements ExitHandler {
     for (const r of acpi.regions) this.memory.write(r.address, r.bytes);
 
     // 6. The kernel and its boot parameters.
-    const lowRamEnd = regions[0]!.size;
+    const lowRamEnd = regions[0]?.size ?? 0;
     const e820 = x86.e820Map(regions);
     let mode: x86.BootMode | "real" = "long64";
     let entry: number;
@@ -289,34 +330,17 @@ export class Vm implements ExitHandler {
   }
 
   private vcpuEnded(id: number, e: ch.VcpuExit): void {
-    switch (e.kind) {
-      case "stopped":
-        return;
-      case "triple-fault":
-        return this.end({ kind: "triple-fault", vcpu: id });
-      case "system-event":
-        if (e.type === abi.KVM_SYSTEM_EVENT_RESET) return this.end({ kind: "reboot", reason: "KVM system event" });
-        if (e.type === abi.KVM_SYSTEM_EVENT_SHUTDOWN) return this.end({ kind: "poweroff" });
-        return this.end({ kind: "internal-error", vcpu: id, detail: `system event ${e.type}` });
-      case "internal-error":
-        return this.end({
-          kind: "internal-error",
-          vcpu: id,
-          detail: `KVM_EXIT_INTERNAL_ERROR suberror ${e.suberror} [${e.data.join(" ")}]`,
-        });
-      case "fail-entry":
-        return this.end({ kind: "internal-error", vcpu: id, detail: `KVM_EXIT_FAIL_ENTRY ${e.reason}` });
-      case "hlt":
-        return this.end({ kind: "halted", vcpu: id });
-      case "unexpected-exit":
-        return this.end({ kind: "internal-error", vcpu: id, detail: `unexpected exit reason ${e.reason}` });
-      case "error":
-        return this.end({ kind: "error", detail: e.message });
-    }
+    const outcome = outcomeOfExit(id, e);
+    if (outcome) this.end(outcome);
   }
 
   /** Exit counters summed over vCPUs, by reason name, plus bus counters. */
-  stats(): { exits: Record<string, number>; perVcpu: Record<string, number>[]; pio: unknown; mmio: unknown } {
+  stats(): {
+    exits: Record<string, number>;
+    perVcpu: Record<string, number>[];
+    pio: unknown;
+    mmio: unknown;
+  } {
     const exits: Record<string, number> = {};
     const extraNames = ["unmapped_pio_read", "unmapped_pio_write", "forwarded", "kicks"];
     const perVcpu = this.threads.map((t) => {

@@ -15,7 +15,16 @@ export function assembleReal(source: string, address = GUEST_LOAD_ADDRESS): Uint
   try {
     writeFileSync(join(dir, "g.S"), `.code16\n.text\n.globl _start\n_start:\n${source}\n`);
     execFileSync("as", ["--32", "-o", join(dir, "g.o"), join(dir, "g.S")]);
-    execFileSync("ld", ["-m", "elf_i386", `-Ttext=0x${address.toString(16)}`, "--oformat", "binary", "-o", join(dir, "g.bin"), join(dir, "g.o")]);
+    execFileSync("ld", [
+      "-m",
+      "elf_i386",
+      `-Ttext=0x${address.toString(16)}`,
+      "--oformat",
+      "binary",
+      "-o",
+      join(dir, "g.bin"),
+      join(dir, "g.o"),
+    ]);
     return new Uint8Array(readFileSync(join(dir, "g.bin")));
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -29,3 +38,39 @@ export const POWEROFF = `
   out %al, %dx
 1: jmp 1b
 `;
+
+/**
+ * Assemble 32-bit protected-mode code into an ELF64 x86-64 executable with a PVH entry
+ * note (XEN_ELFNOTE_PHYS32_ENTRY), the shape of a vmlinux built with CONFIG_PVH.
+ */
+export function assemblePvhElf(source: string, address = 0x100000): Uint8Array {
+  const dir = mkdtempSync(join(tmpdir(), "vessel-guest-"));
+  try {
+    writeFileSync(
+      join(dir, "g.S"),
+      `.section .note.Xen, "a", @note
+  .align 4
+  .long 4, 4, 18
+  .asciz "Xen"
+  .long _start
+.text
+.code32
+.globl _start
+_start:
+${source}
+`,
+    );
+    execFileSync("as", ["--64", "-o", join(dir, "g.o"), join(dir, "g.S")]);
+    execFileSync("ld", [
+      "-m",
+      "elf_x86_64",
+      `-Ttext=0x${address.toString(16)}`,
+      "-o",
+      join(dir, "g.elf"),
+      join(dir, "g.o"),
+    ]);
+    return new Uint8Array(readFileSync(join(dir, "g.elf")));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

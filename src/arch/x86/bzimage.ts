@@ -72,15 +72,22 @@ export interface BzImageInfo {
 export function parseBzImage(image: Uint8Array): BzImageInfo {
   if (image.length < 0x400) throw new KernelImageError("not a bzImage: file is too small");
   const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  if (dv.getUint16(HDR_BOOT_FLAG, true) !== BOOT_FLAG || dv.getUint32(HDR_HEADER, true) !== HDRS_MAGIC) {
+  if (
+    dv.getUint16(HDR_BOOT_FLAG, true) !== BOOT_FLAG ||
+    dv.getUint32(HDR_HEADER, true) !== HDRS_MAGIC
+  ) {
     throw new KernelImageError("not a bzImage: no Linux boot signature (0xAA55 / HdrS)");
   }
   const protocol = dv.getUint16(HDR_VERSION, true);
   if (protocol < MIN_PROTOCOL) {
-    throw new KernelImageError(`boot protocol ${fmtProtocol(protocol)} is older than 2.12, which Vessel needs`);
+    throw new KernelImageError(
+      `boot protocol ${fmtProtocol(protocol)} is older than 2.12, which Vessel needs`,
+    );
   }
   if ((dv.getUint8(HDR_LOADFLAGS) & LOADED_HIGH) === 0) {
-    throw new KernelImageError("kernel is not a bzImage (LOADED_HIGH clear: zImage is not supported)");
+    throw new KernelImageError(
+      "kernel is not a bzImage (LOADED_HIGH clear: zImage is not supported)",
+    );
   }
   if ((dv.getUint16(HDR_XLOADFLAGS, true) & XLF_KERNEL_64) === 0) {
     throw new KernelImageError("kernel has no 64-bit entry point (XLF_KERNEL_64 clear)");
@@ -88,7 +95,8 @@ export function parseBzImage(image: Uint8Array): BzImageInfo {
   let setupSects = dv.getUint8(HDR_SETUP_SECTS);
   if (setupSects === 0) setupSects = 4;
   const setupBytes = (setupSects + 1) * 512;
-  if (setupBytes >= image.length) throw new KernelImageError("not a bzImage: setup code covers the whole file");
+  if (setupBytes >= image.length)
+    throw new KernelImageError("not a bzImage: setup code covers the whole file");
   return {
     protocol,
     setupBytes,
@@ -121,7 +129,8 @@ export interface LoadedKernel {
 export function loadBzImage(mem: GuestMemory, image: Uint8Array, opts: LoadOptions): LoadedKernel {
   const info = parseBzImage(image);
   const kernel = image.subarray(info.setupBytes);
-  const needed = KERNEL_RUN_ADDRESS + Math.max(info.initSize, kernel.length) + (opts.initrd?.length ?? 0);
+  const needed =
+    KERNEL_RUN_ADDRESS + Math.max(info.initSize, kernel.length) + (opts.initrd?.length ?? 0);
   if (opts.lowRamEnd < needed) {
     throw new KernelImageError(
       `too little memory: this kernel and initrd need at least ${Math.ceil(needed / 2 ** 20)} MiB of RAM`,
@@ -131,7 +140,7 @@ export function loadBzImage(mem: GuestMemory, image: Uint8Array, opts: LoadOptio
 
   // The zero page starts as a copy of the setup header; the rest is ours to fill.
   mem.write(ZERO_PAGE_ADDRESS, new Uint8Array(ZERO_PAGE_SIZE));
-  const headerEnd = Math.min(0x202 + image[HDR_JUMP_END]!, ZERO_PAGE_SIZE, info.setupBytes);
+  const headerEnd = Math.min(0x202 + (image[HDR_JUMP_END] ?? 0), ZERO_PAGE_SIZE, info.setupBytes);
   mem.write(ZERO_PAGE_ADDRESS + HDR_SETUP_SECTS, image.subarray(HDR_SETUP_SECTS, headerEnd));
   const zp = (off: number) => ZERO_PAGE_ADDRESS + off;
   mem.writeU8(zp(HDR_TYPE_OF_LOADER), LOADER_UNDEFINED);
@@ -141,7 +150,9 @@ export function loadBzImage(mem: GuestMemory, image: Uint8Array, opts: LoadOptio
   const cmdline = new TextEncoder().encode(opts.cmdline);
   const cmdlineLimit = Math.min(info.cmdlineSize || 255, CMDLINE_MAX - 1);
   if (cmdline.length > cmdlineLimit) {
-    throw new KernelImageError(`command line is ${cmdline.length} bytes; this kernel accepts at most ${cmdlineLimit}`);
+    throw new KernelImageError(
+      `command line is ${cmdline.length} bytes; this kernel accepts at most ${cmdlineLimit}`,
+    );
   }
   mem.write(CMDLINE_ADDRESS, new Uint8Array(cmdline.length + 1));
   mem.write(CMDLINE_ADDRESS, cmdline);
@@ -180,5 +191,9 @@ export function loadBzImage(mem: GuestMemory, image: Uint8Array, opts: LoadOptio
   }
 
   // The 64-bit entry point is 0x200 past the start of the protected-mode kernel (boot.rst).
-  return { entry: HIMEM_START + 0x200, zeroPage: ZERO_PAGE_ADDRESS, ...(initrdInfo ? { initrd: initrdInfo } : {}) };
+  return {
+    entry: HIMEM_START + 0x200,
+    zeroPage: ZERO_PAGE_ADDRESS,
+    ...(initrdInfo ? { initrd: initrdInfo } : {}),
+  };
 }

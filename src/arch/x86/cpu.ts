@@ -5,7 +5,14 @@
 import type { CpuidEntry, Regs, Segment, Sregs, VcpuFd } from "../../host/mod.js";
 import { abi } from "../../host/mod.js";
 import type { GuestMemory } from "../../memory/mod.js";
-import { BOOT_STACK_POINTER, GDT_ADDRESS, IDT_ADDRESS, PD_ADDRESS, PDPT_ADDRESS, PML4_ADDRESS } from "./layout.js";
+import {
+  BOOT_STACK_POINTER,
+  GDT_ADDRESS,
+  IDT_ADDRESS,
+  PD_ADDRESS,
+  PDPT_ADDRESS,
+  PML4_ADDRESS,
+} from "./layout.js";
 
 // Control register and EFER bits (Intel SDM Vol. 3A 2.5, AMD APM Vol. 2 3.1).
 const X86_CR0_PE = 0x1n;
@@ -61,7 +68,13 @@ export type BootMode = "long64" | "pvh32";
 /** Write the GDT, an empty IDT, and (for 64-bit entry) identity page tables for 4 GiB. */
 export function writeBootTables(mem: GuestMemory, mode: BootMode): void {
   const code = mode === "long64" ? GDT_CODE64 : GDT_CODE32;
-  const gdt = [0n, 0n, gdtEntry(code, 0, 0xfffff), gdtEntry(GDT_DATA, 0, 0xfffff), gdtEntry(GDT_TSS, 0, 0xfffff)];
+  const gdt = [
+    0n,
+    0n,
+    gdtEntry(code, 0, 0xfffff),
+    gdtEntry(GDT_DATA, 0, 0xfffff),
+    gdtEntry(GDT_TSS, 0, 0xfffff),
+  ];
   gdt.forEach((e, i) => {
     mem.writeU64(GDT_ADDRESS + i * 8, e);
   });
@@ -79,7 +92,12 @@ export function writeBootTables(mem: GuestMemory, mode: BootMode): void {
 }
 
 /** Registers for the kernel entry of either boot mode. */
-export function setupBootRegisters(vcpu: VcpuFd, mode: BootMode, entry: number, bootInfo: number): void {
+export function setupBootRegisters(
+  vcpu: VcpuFd,
+  mode: BootMode,
+  entry: number,
+  bootInfo: number,
+): void {
   const code = mode === "long64" ? GDT_CODE64 : GDT_CODE32;
   const s: Sregs = vcpu.getSregs();
   const cs = segmentFromFlags(SEL_CODE, code, 0, 0xfffff);
@@ -160,8 +178,16 @@ export function setupLapic(vcpu: VcpuFd): void {
   const lapic = vcpu.getLapic();
   const dv = new DataView(lapic.buffer);
   const DELIVERY_MODE_MASK = ~(7 << 8);
-  dv.setUint32(abi.APIC_LVT0, (dv.getUint32(abi.APIC_LVT0, true) & DELIVERY_MODE_MASK) | (7 << 8), true);
-  dv.setUint32(abi.APIC_LVT1, (dv.getUint32(abi.APIC_LVT1, true) & DELIVERY_MODE_MASK) | (4 << 8), true);
+  dv.setUint32(
+    abi.APIC_LVT0,
+    (dv.getUint32(abi.APIC_LVT0, true) & DELIVERY_MODE_MASK) | (7 << 8),
+    true,
+  );
+  dv.setUint32(
+    abi.APIC_LVT1,
+    (dv.getUint32(abi.APIC_LVT1, true) & DELIVERY_MODE_MASK) | (4 << 8),
+    true,
+  );
   vcpu.setLapic(lapic);
 }
 
@@ -175,7 +201,11 @@ const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
  * single-threaded cores in one package, consistent across leaves 1, 4, 0xB/0x1F and AMD's
  * 0x80000008/0x8000001E so the guest's scheduler sees what the MADT says.
  */
-export function vcpuCpuid(supported: readonly CpuidEntry[], id: number, count: number): CpuidEntry[] {
+export function vcpuCpuid(
+  supported: readonly CpuidEntry[],
+  id: number,
+  count: number,
+): CpuidEntry[] {
   const coreBits = Math.ceil(Math.log2(Math.max(count, 1)));
   const out: CpuidEntry[] = [];
   const hasLeaf = (fn: number) => supported.some((e) => e.function === fn);
@@ -189,7 +219,11 @@ export function vcpuCpuid(supported: readonly CpuidEntry[], id: number, count: n
         break;
       case 4:
         // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing this cache - 1.
-        c.eax = ((c.eax & 0x3fff) | ((count - 1) << 26) | (((c.eax >> 5) & 7) >= 3 ? (count - 1) << 14 : 0)) >>> 0;
+        c.eax =
+          ((c.eax & 0x3fff) |
+            ((count - 1) << 26) |
+            (((c.eax >> 5) & 7) >= 3 ? (count - 1) << 14 : 0)) >>>
+          0;
         break;
       case 0xb:
       case 0x1f:
@@ -214,9 +248,25 @@ export function vcpuCpuid(supported: readonly CpuidEntry[], id: number, count: n
       { eax: coreBits, ebx: count, type: 2 }, // Core
     ];
     levels.forEach((l, index) => {
-      out.push({ function: fn, index, flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX, eax: l.eax, ebx: l.ebx, ecx: (l.type << 8) | index, edx: id });
+      out.push({
+        function: fn,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax: l.eax,
+        ebx: l.ebx,
+        ecx: (l.type << 8) | index,
+        edx: id,
+      });
     });
-    out.push({ function: fn, index: 2, flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX, eax: 0, ebx: 0, ecx: 2, edx: id });
+    out.push({
+      function: fn,
+      index: 2,
+      flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+      eax: 0,
+      ebx: 0,
+      ecx: 2,
+      edx: id,
+    });
   }
   return out;
 }

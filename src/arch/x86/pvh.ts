@@ -6,7 +6,13 @@
 
 import type { GuestMemory } from "../../memory/mod.js";
 import { KernelImageError } from "./bzimage.js";
-import { CMDLINE_ADDRESS, CMDLINE_MAX, type E820Entry, PVH_INFO_ADDRESS, PVH_MEMMAP_ADDRESS } from "./layout.js";
+import {
+  CMDLINE_ADDRESS,
+  CMDLINE_MAX,
+  type E820Entry,
+  PVH_INFO_ADDRESS,
+  PVH_MEMMAP_ADDRESS,
+} from "./layout.js";
 
 const ELF_MAGIC = 0x464c457f;
 const ELFCLASS64 = 2;
@@ -24,7 +30,10 @@ const MEMMAP_ENTRY_SIZE = 24;
 const MAX_PHDRS = 256;
 
 export function isElf(image: Uint8Array): boolean {
-  return image.length >= 4 && new DataView(image.buffer, image.byteOffset, 4).getUint32(0, true) === ELF_MAGIC;
+  return (
+    image.length >= 4 &&
+    new DataView(image.buffer, image.byteOffset, 4).getUint32(0, true) === ELF_MAGIC
+  );
 }
 
 interface Segment {
@@ -41,7 +50,8 @@ export interface ParsedElf {
 
 function u64(dv: DataView, off: number, what: string): number {
   const v = dv.getBigUint64(off, true);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new KernelImageError(`ELF ${what} is out of range`);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new KernelImageError(`ELF ${what} is out of range`);
   return Number(v);
 }
 
@@ -54,7 +64,12 @@ export function parseElf(image: Uint8Array): ParsedElf {
   const phoff = u64(dv, 32, "program header offset");
   const phentsize = dv.getUint16(54, true);
   const phnum = dv.getUint16(56, true);
-  if (phentsize < 56 || phnum === 0 || phnum > MAX_PHDRS || phoff + phnum * phentsize > image.length) {
+  if (
+    phentsize < 56 ||
+    phnum === 0 ||
+    phnum > MAX_PHDRS ||
+    phoff + phnum * phentsize > image.length
+  ) {
     throw new KernelImageError("ELF program headers are missing or lie outside the file");
   }
   const segments: Segment[] = [];
@@ -66,7 +81,8 @@ export function parseElf(image: Uint8Array): ParsedElf {
     const paddr = u64(dv, ph + 24, "segment address");
     const filesz = u64(dv, ph + 32, "segment size");
     const memsz = u64(dv, ph + 40, "segment size");
-    if (offset + filesz > image.length) throw new KernelImageError(`ELF segment ${i} lies outside the file`);
+    if (offset + filesz > image.length)
+      throw new KernelImageError(`ELF segment ${i} lies outside the file`);
     if (type === PT_LOAD) {
       if (filesz > memsz) throw new KernelImageError(`ELF segment ${i} has filesz > memsz`);
       segments.push({ offset, paddr, filesz, memsz });
@@ -75,7 +91,9 @@ export function parseElf(image: Uint8Array): ParsedElf {
     }
   }
   if (pvhEntry === undefined) {
-    throw new KernelImageError("ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH");
+    throw new KernelImageError(
+      "ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH",
+    );
   }
   if (segments.length === 0) throw new KernelImageError("ELF kernel has no loadable segments");
   return { segments, pvhEntry };
@@ -151,7 +169,8 @@ export function loadPvh(mem: GuestMemory, image: Uint8Array, opts: PvhLoadOption
   if (opts.initrd && opts.initrd.length > 0) {
     const size = opts.initrd.length;
     const address = Math.floor((opts.lowRamEnd - size) / 4096) * 4096;
-    if (address < kernelEnd) throw new KernelImageError("too little memory: the initrd does not fit above the kernel");
+    if (address < kernelEnd)
+      throw new KernelImageError("too little memory: the initrd does not fit above the kernel");
     mem.write(address, opts.initrd);
     const mod = info + START_INFO_SIZE;
     mem.writeU64(mod, BigInt(address));
@@ -166,7 +185,8 @@ export function loadPvh(mem: GuestMemory, image: Uint8Array, opts: PvhLoadOption
     mem.writeU32(a + 16, e.type);
     mem.writeU32(a + 20, 0);
   });
-  if (PVH_MEMMAP_ADDRESS + opts.e820.length * MEMMAP_ENTRY_SIZE > 0x7000) throw new RangeError("too many e820 entries");
+  if (PVH_MEMMAP_ADDRESS + opts.e820.length * MEMMAP_ENTRY_SIZE > 0x7000)
+    throw new RangeError("too many e820 entries");
   mem.writeU64(info + 40, BigInt(PVH_MEMMAP_ADDRESS));
   mem.writeU32(info + 48, opts.e820.length);
   return { entry: elf.pvhEntry, startInfo: info };
