@@ -68,18 +68,19 @@ describe("lab batch (one L1 boot)", () => {
     });
     // No vessel.exec: the guest sits at its shell until QEMU's power-down request presses the
     // ACPI power button, which acpid must turn into a clean poweroff (QEMU then exits).
-    const interactiveGuest = qemuGuestCommand({
-      kernel: image.kernel,
-      initrd: image.initrd,
-    }).replace("-serial stdio", '-serial file:"$out" -monitor stdio');
+    // kernel-irqchip=split: with KVM's full in-kernel irqchip, QEMU 7.2's microvm never
+    // delivers the GED interrupt (ACPI:Ged stays at 0 in /proc/interrupts); pc and q35 do.
+    const interactiveGuest = qemuGuestCommand({ kernel: image.kernel, initrd: image.initrd })
+      .replace("-M microvm", "-M microvm,kernel-irqchip=split")
+      .replace("-serial stdio", '-serial file:"$out" -monitor stdio');
     const powerButton = [
       'out="$VESSEL_LAB_SHARE/guest-console.txt" fifo=/tmp/vessel-monitor.$$',
       'mkfifo "$fifo"',
       `${interactiveGuest} < "$fifo" > /dev/null &`,
       "qemu=$!",
       'exec 3> "$fifo"',
-      'until grep -q VESSEL-INIT-READY "$out" 2>/dev/null; do sleep 0.5; done',
-      "sleep 1",
+      // The prompt comes after acpid has started.
+      'until grep -q "vessel:/#" "$out" 2>/dev/null; do sleep 0.5; done',
       "echo system_powerdown >&3",
       'wait "$qemu"',
       'echo "qemu exited rc=$?"',
