@@ -4,8 +4,11 @@
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "commander";
 import { UsageError } from "./args.js";
-import { imageBuildCommand, labCommand, upCommand } from "./image_lab.js";
-import { runCommand } from "./run.js";
+
+// Subcommands are imported when used: a VMM process should not carry the image builder,
+// the lab harness or the progress bar in its resident memory.
+const runModule = () => import("./run.js");
+const imageLabModule = () => import("./image_lab.js");
 
 const program = new Command();
 program
@@ -29,7 +32,7 @@ program
   .option("--json", "print the outcome and counters as JSON on stderr")
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
   .action(async (opts) => {
-    exitCode = await runCommand(opts);
+    exitCode = await (await runModule()).runCommand(opts);
   });
 
 const image = program.command("image").description("guest images");
@@ -39,7 +42,7 @@ image
   .option("--force", "rebuild even when cached")
   .option("--json", "print the result as JSON")
   .action(async (opts) => {
-    exitCode = await imageBuildCommand(opts);
+    exitCode = await (await imageLabModule()).imageBuildCommand(opts);
   });
 
 program
@@ -50,7 +53,7 @@ program
   .option("--timeout <seconds>", "limit for the command", "1800")
   .argument("<command...>", "command to run (after --)")
   .action(async (command: string[], opts) => {
-    exitCode = await labCommand(command, opts);
+    exitCode = await (await imageLabModule()).labCommand(command, opts);
   });
 
 program
@@ -61,7 +64,7 @@ program
   .option("--cpus <n>", "vCPUs", "2")
   .option("--memory <size>", "guest RAM", "512M")
   .action(async (opts) => {
-    exitCode = await upCommand(
+    exitCode = await (await imageLabModule()).upCommand(
       opts,
       fileURLToPath(new URL("../../../bin/vessel.js", import.meta.url)),
     );

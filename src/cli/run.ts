@@ -1,10 +1,9 @@
 // `vessel run`: boot a kernel on KVM with the serial console on the terminal. Validates
 // every flag before touching KVM, so a mistake costs one line, not a half-started VM.
 
-import { readFileSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
-import { HostError, MissingCapabilityError } from "../host/mod.js";
-import { hostKvmCanBootLinux } from "../lab/mod.js";
+import { HostError, hostKvmCanBootLinux, libc, MissingCapabilityError } from "../host/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
@@ -25,7 +24,12 @@ export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
 /** Ctrl-] detaches, as in telnet, virsh console and Firecracker users' habits. */
 const QUIT_BYTE = 0x1d;
 
-function readInput(flag: string, path: string, limit: number): Uint8Array {
+interface Input {
+  bytes: Uint8Array;
+  close(): void;
+}
+
+function readInput(flag: string, path: string, limit: number): Input {
   let size: number;
   try {
     const st = statSync(path);
@@ -38,7 +42,14 @@ function readInput(flag: string, path: string, limit: number): Uint8Array {
   }
   if (size === 0) throw new UsageError(`${flag}: ${path} is empty`);
   if (size > limit) throw new UsageError(`${flag}: ${path} is larger than guest memory`);
-  return new Uint8Array(readFileSync(path));
+  try {
+    const mapping = libc.mapFile(path, size);
+    return { bytes: new Uint8Array(mapping.buffer), close: () => libc.munmap(mapping) };
+  } catch (e) {
+    throw new UsageError(
+      `${flag}: cannot read ${path} (${e instanceof HostError ? e.code : String(e)})`,
+    );
+  }
 }
 
 /** Check everything a person gave us; returns the loaded inputs. */
@@ -50,15 +61,17 @@ export function validateRunFlags(flags: RunFlags) {
   const cpus = parseCount("--cpus", flags.cpus ?? "1", 1, 254);
   if (!flags.kernel) throw new UsageError("--kernel: required");
   const kernel = readInput("--kernel", flags.kernel, memoryBytes);
+  let initrd: Input | undefined;
   try {
-    if (isElf(kernel)) parseElf(kernel);
-    else parseBzImage(kernel);
+    if (isElf(kernel.bytes)) parseElf(kernel.bytes);
+    else parseBzImage(kernel.bytes);
+    initrd = flags.initrd ? readInput("--initrd", flags.initrd, memoryBytes) : undefined;
   } catch (e) {
+    kernel.close();
     if (e instanceof KernelImageError)
       throw new UsageError(`--kernel: ${flags.kernel}: ${e.message}`);
     throw e;
   }
-  const initrd = flags.initrd ? readInput("--initrd", flags.initrd, memoryBytes) : undefined;
   const cmdline = flags.cmdline ?? DEFAULT_CMDLINE;
   return { memoryBytes, cpus, kernel, initrd, cmdline };
 }
@@ -68,6 +81,8 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   if (!flags.slowKvm) {
     const kvm = hostKvmCanBootLinux();
     if (!kvm.ok) {
+      input.kernel.close();
+      input.initrd?.close();
       throw new UsageError(
         `/dev/kvm here cannot boot Linux (${kvm.reason}); run it in the lab: vessel lab -- vessel run ...`,
       );
@@ -78,7 +93,12 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     vm = Vm.build({
       memoryBytes: input.memoryBytes,
       cpus: input.cpus,
-      boot: { kind: "linux", kernel: input.kernel, initrd: input.initrd, cmdline: input.cmdline },
+      boot: {
+        kind: "linux",
+        kernel: input.kernel.bytes,
+        initrd: input.initrd?.bytes,
+        cmdline: input.cmdline,
+      },
       consoleOut: (bytes) => {
         process.stdout.write(Buffer.from(bytes));
       },
@@ -94,6 +114,10 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     }
     if (e instanceof RangeError) throw new UsageError(e.message);
     throw e;
+  } finally {
+    // The guest has its copy now; drop ours (file pages, not heap).
+    input.kernel.close();
+    input.initrd?.close();
   }
 
   const stdin = process.stdin;

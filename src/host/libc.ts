@@ -45,10 +45,25 @@ const SIG_UNBLOCK = 1;
 /** An opaque pointer returned by libc (koffi external). */
 export type Pointer = unknown;
 
+const EINTR = 4;
+
 function check(call: string, ret: number | bigint): number {
   const n = Number(ret);
   if (n < 0) throw new HostError(call, koffi.errno());
   return n;
+}
+
+/**
+ * Run a call again while a signal interrupts it. Signals are routine here (vCPU kicks,
+ * profilers, SIGCHLD), and KVM's ioctls return EINTR instead of restarting.
+ */
+function retrying(call: string, f: () => number | bigint): number {
+  for (;;) {
+    const n = Number(f());
+    if (n >= 0) return n;
+    const errno = koffi.errno();
+    if (errno !== EINTR) throw new HostError(call, errno);
+  }
 }
 
 /** ioctl with a pointer argument (a Buffer/TypedArray is passed by address). */
@@ -58,7 +73,7 @@ export function ioctl(
   arg: ArrayBufferView | null,
   name: string,
 ): number {
-  return check(`ioctl(${name})`, ioctlPtr(fd, request, arg));
+  return retrying(`ioctl(${name})`, () => ioctlPtr(fd, request, arg));
 }
 
 /** ioctl with an integer argument. */
@@ -68,7 +83,7 @@ export function ioctlValue(
   arg: number | bigint,
   name: string,
 ): number {
-  return check(`ioctl(${name})`, ioctlInt(fd, request, arg));
+  return retrying(`ioctl(${name})`, () => ioctlInt(fd, request, arg));
 }
 
 /** ioctl returning -errno instead of throwing; for the KVM_RUN hot path. */
@@ -78,7 +93,7 @@ export function ioctlRaw(fd: number, request: number, arg: number): number {
 }
 
 export function open(path: string, flags: number): number {
-  return check(`open(${path})`, openFn(path, flags | O_CLOEXEC, 0));
+  return retrying(`open(${path})`, () => openFn(path, flags | O_CLOEXEC, 0));
 }
 
 export function close(fd: number): void {
@@ -121,11 +136,11 @@ export function eventfd(initial: number, flags: number): number {
 }
 
 export function read(fd: number, buf: ArrayBufferView): number {
-  return check("read", readFn(fd, buf, buf.byteLength));
+  return retrying("read", () => readFn(fd, buf, buf.byteLength));
 }
 
 export function write(fd: number, buf: ArrayBufferView): number {
-  return check("write", writeFn(fd, buf, buf.byteLength));
+  return retrying("write", () => writeFn(fd, buf, buf.byteLength));
 }
 
 export function gettid(): number {
@@ -146,4 +161,17 @@ export function unblockSignal(signal: number): void {
 
 export function errno(): number {
   return koffi.errno();
+}
+
+/**
+ * Map a whole file copy-on-write. Loading a kernel or initrd through a mapping instead of
+ * readFileSync keeps the VMM from holding a heap copy after the guest has its own.
+ */
+export function mapFile(path: string, size: number): Mapping {
+  const fd = open(path, O_RDONLY);
+  try {
+    return mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  } finally {
+    close(fd);
+  }
 }

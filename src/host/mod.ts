@@ -1,5 +1,7 @@
 // Host bindings: libc and the /dev/kvm ioctls. Everything above this layer reaches the
 // kernel only through these exports.
+
+export { hostKvmCanBootLinux } from "./capability.js";
 export * from "./errors.js";
 export * from "./kvm.js";
 export * as abi from "./kvm_abi.js";

@@ -7,10 +7,11 @@
 // L1 as on the host, and the console carries begin/end markers for progress and timing.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { accessSync, constants, existsSync, readFileSync } from "node:fs";
+import { accessSync, constants, existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join, resolve } from "node:path";
+import { hostKvmCanBootLinux } from "../host/mod.js";
 import {
   ensureL1Image,
   HOST_TAG,
@@ -120,27 +121,6 @@ export function labAvailable(): { ok: true } | { ok: false; reason: string } {
     return { ok: false, reason: `apt-get and dpkg-deb are needed to fetch ${L1_KERNEL_META}` };
   }
   return { ok: true };
-}
-
-/**
- * Whether the host's own /dev/kvm can boot a Linux guest: false without a vmx/svm CPU flag
- * or when the KVM module is kvm_pvm (which interprets guest kernel code and cannot).
- */
-export function hostKvmCanBootLinux(): { ok: boolean; reason: string } {
-  if (!existsSync("/dev/kvm")) return { ok: false, reason: "/dev/kvm does not exist" };
-  if (existsSync("/sys/module/kvm_pvm")) {
-    return { ok: false, reason: "/dev/kvm is kvm_pvm, which cannot boot a stock Linux kernel" };
-  }
-  let cpuinfo = "";
-  try {
-    cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
-  } catch (err) {
-    return { ok: false, reason: `cannot read /proc/cpuinfo: ${(err as Error).message}` };
-  }
-  const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.split(/\s+/) ?? [];
-  if (flags.includes("vmx")) return { ok: true, reason: "the CPU has vmx and /dev/kvm exists" };
-  if (flags.includes("svm")) return { ok: true, reason: "the CPU has svm and /dev/kvm exists" };
-  return { ok: false, reason: "the CPU has neither vmx nor svm" };
 }
 
 export interface GuestCommandOptions {
@@ -463,3 +443,5 @@ async function driveQemu(
   }
   return { results, bootMs: Math.round(bootMs), consoleLog, warnings };
 }
+
+export { hostKvmCanBootLinux };
