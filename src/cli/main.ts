@@ -20,6 +20,10 @@ program
 
 let exitCode = 0;
 
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
 program
   .command("run")
   .description("boot a kernel on KVM with the serial console on this terminal (Ctrl-] quits)")
@@ -30,6 +34,13 @@ program
   .option("--cpus <n>", "vCPUs", "1")
   .option("--stats", "print exit counters when the VM ends")
   .option("--json", "print the outcome and counters as JSON on stderr")
+  .option(
+    "--disk <path[,ro][,serial=S]>",
+    "a raw disk image as virtio-blk (repeatable)",
+    collect,
+    [],
+  )
+  .option("--rng", "a virtio-rng device fed from the host's getrandom")
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
   .action(async (opts) => {
     exitCode = await (await runModule()).runCommand(opts);

@@ -5,8 +5,10 @@ import { statSync } from "node:fs";
 import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
 import { HostError, hostKvmCanBootLinux, libc, MissingCapabilityError } from "../host/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
+import type { VirtioDevice } from "../virtio/device.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
+import { closeDevices, openDevices, parseDisk } from "./devices.js";
 
 export interface RunFlags {
   kernel: string;
@@ -18,6 +20,8 @@ export interface RunFlags {
   json?: boolean;
   /** Boot even where /dev/kvm is known to interpret guest code (very slow; usually fails). */
   slowKvm?: boolean;
+  disk?: string[];
+  rng?: boolean;
 }
 
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -72,6 +76,7 @@ export function validateRunFlags(flags: RunFlags) {
       throw new UsageError(`--kernel: ${flags.kernel}: ${e.message}`);
     throw e;
   }
+  for (const d of flags.disk ?? []) parseDisk(d);
   const cmdline = flags.cmdline ?? DEFAULT_CMDLINE;
   return { memoryBytes, cpus, kernel, initrd, cmdline };
 }
@@ -88,9 +93,18 @@ export async function runCommand(flags: RunFlags): Promise<number> {
       );
     }
   }
+  let devices: VirtioDevice[];
+  try {
+    devices = await openDevices(flags.disk ?? [], flags.rng === true);
+  } catch (e) {
+    input.kernel.close();
+    input.initrd?.close();
+    throw e;
+  }
   let vm: Vm;
   try {
     vm = Vm.build({
+      virtio: devices,
       memoryBytes: input.memoryBytes,
       cpus: input.cpus,
       boot: {
@@ -104,6 +118,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
       },
     });
   } catch (e) {
+    await closeDevices(devices);
     if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${e.message}`);
     if (
       e instanceof MissingCapabilityError ||
@@ -120,6 +135,9 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     input.initrd?.close();
   }
 
+  // How long the VMM itself took before the guest's first instruction: Node start-up,
+  // flag checks, loading the kernel, building the VM.
+  const setupMs = Math.round(process.uptime() * 1000);
   const stdin = process.stdin;
   const restoreTty = attachConsole(vm, stdin);
   const onSignal = (signal: string) => vm.end({ kind: "stopped", reason: `${signal} received` });
@@ -143,13 +161,17 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   }
   const stats = vm.stats();
   vm.close();
+  await closeDevices(devices);
   if (flags.json) {
     process.stderr.write(
-      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], stats })}\n`,
+      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], setupMs, stats })}\n`,
     );
   } else {
     process.stderr.write(`\nvessel: ${describeOutcome(outcome)}\n`);
-    if (flags.stats) process.stderr.write(formatStats(stats));
+    if (flags.stats)
+      process.stderr.write(
+        `VMM set-up before the first guest instruction: ${setupMs} ms\n${formatStats(stats)}`,
+      );
   }
   return OUTCOME_EXIT_CODE[outcome.kind];
 }

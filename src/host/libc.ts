@@ -23,6 +23,7 @@ const eventfdFn = lib.func("int eventfd(unsigned int initval, int flags)");
 const readFn = lib.func("intptr_t read(int fd, void *buf, size_t count)");
 const writeFn = lib.func("intptr_t write(int fd, const void *buf, size_t count)");
 const syscallFn = lib.func("long syscall(long nr, long a, long b, long c)");
+const fallocateFn = lib.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
 const sigmaskFn = lib.func("int pthread_sigmask(int how, const void *set, void *oldset)");
 
 export const O_RDONLY = 0;
@@ -174,4 +175,13 @@ export function mapFile(path: string, size: number): Mapping {
   } finally {
     close(fd);
   }
+}
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** fallocate(2): punch holes for discard, zero ranges for write-zeroes. */
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  retrying("fallocate", () => fallocateFn(fd, mode, offset, length));
 }

@@ -2,6 +2,7 @@
 // kernel only through these exports.
 
 export { hostKvmCanBootLinux } from "./capability.js";
+export { FdWatcher } from "./epoll.js";
 export * from "./errors.js";
 export * from "./kvm.js";
 export * as abi from "./kvm_abi.js";

@@ -4,8 +4,9 @@
 // as `vessel.exec=` on the kernel command line and powers off, or gives a shell on the
 // console. Builds are cached per kernel package version and installed with one rename.
 
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, readFileSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { installDir, replaceSymlink, scratchDirBeside, vesselCacheRoot } from "./debian.js";
@@ -41,7 +42,7 @@ export const GUEST_MODULES: readonly string[] = [
 export const GUEST_OPTIONAL_MODULES: readonly string[] = ["rng_core", "ext4"];
 
 /** Bump when the image's layout or /init changes in a way a cached build must not hide. */
-const RECIPE_VERSION = 1;
+const RECIPE_VERSION = 2;
 
 /** Printed by /init once modules are loaded; boot-to-init timing looks for it. */
 export const INIT_READY_MARKER = "VESSEL-INIT-READY";
@@ -178,6 +179,44 @@ function readManifest(path: string): ImageManifest {
   return JSON.parse(readFileSync(path, "utf8")) as ImageManifest;
 }
 
+/**
+ * Host binaries (from Debian's packages installed on this machine) copied into the guest
+ * with the shared libraries they load, at the same paths: busybox has no ext4 mkfs, and
+ * the guest makes its own file systems. Guest path first, host path second.
+ */
+const GUEST_HOST_TOOLS: readonly [string, string][] = [
+  ["usr/sbin/mkfs.ext4", "/sbin/mke2fs"],
+  ["etc/mke2fs.conf", "/etc/mke2fs.conf"],
+];
+
+function hostToolFiles(
+  tools: readonly [string, string][],
+): { path: string; data: Uint8Array; mode: number }[] {
+  const files = new Map<string, { path: string; data: Uint8Array; mode: number }>();
+  for (const [guestPath, hostPath] of tools) {
+    if (!existsSync(hostPath)) {
+      throw new Error(
+        `Cannot build the default guest: ${hostPath} is missing (apt-get install e2fsprogs)`,
+      );
+    }
+    const executable = (statSync(hostPath).mode & 0o111) !== 0;
+    files.set(guestPath, {
+      path: guestPath,
+      data: readFileSync(hostPath),
+      mode: executable ? 0o755 : 0o644,
+    });
+    if (!executable) continue;
+    // ldd lists "name => /path (addr)" and the loader as "/lib64/ld-linux-x86-64.so.2 (addr)".
+    const out = execFileSync("ldd", [hostPath], { encoding: "utf8" });
+    for (const m of out.matchAll(/(\/\S+\.so[^\s]*) \(0x/g)) {
+      const lib = m[1] as string;
+      const real = realpathSync(lib);
+      files.set(lib.slice(1), { path: lib.slice(1), data: readFileSync(real), mode: 0o755 });
+    }
+  }
+  return [...files.values()];
+}
+
 /** Build (or reuse) the default guest image. */
 export async function buildDefaultImage(opts: BuildImageOptions = {}): Promise<BuiltImage> {
   const dir = defaultImageDir(opts.cacheDir);
@@ -232,7 +271,10 @@ export async function buildDefaultImage(opts: BuildImageOptions = {}): Promise<B
       release: kernel.tree.release,
       modules: resolved.ordered,
       init: GUEST_INIT,
-      files: [{ path: "etc/acpi/PWRF/00000080", data: POWER_BUTTON_SCRIPT, mode: 0o755 }],
+      files: [
+        { path: "etc/acpi/PWRF/00000080", data: POWER_BUTTON_SCRIPT, mode: 0o755 },
+        ...hostToolFiles(GUEST_HOST_TOOLS),
+      ],
     });
     const out = join(work, "out");
     await mkdir(out);

@@ -11,8 +11,10 @@ import type { BusDevice, IrqLine, VmRequest } from "../devices/device.js";
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from "../devices/legacy/i8042.js";
 import { Rtc } from "../devices/legacy/rtc.js";
 import { Serial } from "../devices/legacy/serial.js";
-import { abi, Kvm, type VcpuFd, type VmFd } from "../host/mod.js";
+import { abi, FdWatcher, Kvm, libc, type VcpuFd, type VmFd } from "../host/mod.js";
 import { GuestMemory, MIB, MMIO_DEVICES_START, ramRegions } from "../memory/mod.js";
+import type { VirtioDevice } from "../virtio/device.js";
+import { VIRTIO_MMIO_REGION_SIZE, VirtioMmioTransport } from "../virtio/mmio.js";
 import { type ExitHandler, VcpuThread } from "./vcpu.js";
 import * as ch from "./vcpu_channel.js";
 
@@ -26,6 +28,8 @@ const IO_DELAY_PORT = 0x80;
 const TSS_ADDRESS = 0xfffb_d000;
 const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
 export const MIN_MEMORY = 16 * MIB;
+/** GSIs for virtio-mmio devices: the IOAPIC pins no legacy device claims. */
+const VIRTIO_GSIS = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 6, 7];
 
 export type BootSource =
   | { kind: "linux"; kernel: Uint8Array; initrd?: Uint8Array | undefined; cmdline: string }
@@ -38,6 +42,8 @@ export interface VmConfig {
   boot: BootSource;
   /** Receives serial output; must consume the bytes before returning. */
   consoleOut: (bytes: Uint8Array) => void;
+  /** virtio devices, each behind its own virtio-mmio transport, in this order. */
+  virtio?: readonly VirtioDevice[];
   kvmPath?: string;
 }
 
@@ -109,6 +115,18 @@ function outcomeOfExit(id: number, e: ch.VcpuExit): Outcome | undefined {
   }
 }
 
+/** An edge-triggered GSI driven through an irqfd: an interrupt is one eventfd write. */
+class IrqFdLine implements IrqLine {
+  private readonly one = new BigUint64Array([1n]);
+  constructor(readonly fd: number) {}
+  set(level: boolean): void {
+    if (level) this.pulse();
+  }
+  pulse(): void {
+    libc.write(this.fd, this.one);
+  }
+}
+
 class KvmIrqLine implements IrqLine {
   constructor(
     private readonly vm: VmFd,
@@ -135,6 +153,10 @@ export class Vm implements ExitHandler {
   private readonly threads: VcpuThread[] = [];
   /** Per-port routing shared with the vCPU threads (see vcpu_channel PORT_*). */
   private readonly portMap = new SharedArrayBuffer(PIO_SPACE_SIZE);
+  /** ioeventfds for queue notifications; readiness arrives on the main thread. */
+  private readonly watcher = new FdWatcher();
+  private readonly eventFds: number[] = [];
+  readonly transports: VirtioMmioTransport[] = [];
   private finish: ((o: Outcome) => void) | undefined;
   private outcome: Outcome | undefined;
 
@@ -193,13 +215,14 @@ export class Vm implements ExitHandler {
     this.ged = new GedDevice(new KvmIrqLine(this.vmFd, GED_GSI));
     this.mmioBus.insert(GED_ADDRESS, GED_MMIO_SIZE, this.ged);
     new Uint8Array(this.portMap)[IO_DELAY_PORT] = ch.PORT_SINK;
+    const virtioMmio = this.attachVirtio(config.virtio ?? []);
 
     // 5. ACPI tables.
     const acpi = buildAcpiTables({
       cpus: config.cpus,
       ioapicId: config.cpus, // distinct from every LAPIC ID
       serial: [{ port: COM1_PORT, irq: COM1_GSI }],
-      virtioMmio: [],
+      virtioMmio,
       ged: { base: GED_ADDRESS, irq: GED_GSI },
     });
     for (const r of acpi.regions) this.memory.write(r.address, r.bytes);
@@ -273,6 +296,44 @@ export class Vm implements ExitHandler {
     return new Vm(config);
   }
 
+  /**
+   * Put each virtio device behind a virtio-mmio transport: interrupts through an irqfd and
+   * queue notifications through ioeventfds, so neither passes through a vCPU thread.
+   */
+  private attachVirtio(
+    devices: readonly VirtioDevice[],
+  ): { base: number; size: number; irq: number }[] {
+    if (devices.length > VIRTIO_GSIS.length) {
+      throw new RangeError(
+        `too many virtio devices (${devices.length}); at most ${VIRTIO_GSIS.length}`,
+      );
+    }
+    return devices.map((device, i) => {
+      const base = GED_ADDRESS + VIRTIO_MMIO_REGION_SIZE * (i + 1);
+      const gsi = VIRTIO_GSIS[i] as number;
+      const irqFd = libc.eventfd(0, libc.EFD_NONBLOCK);
+      this.eventFds.push(irqFd);
+      this.vmFd.irqfd(irqFd, gsi);
+      const transport = new VirtioMmioTransport({
+        device,
+        memory: this.memory,
+        irq: new IrqFdLine(irqFd),
+        base,
+      });
+      this.mmioBus.insert(base, VIRTIO_MMIO_REGION_SIZE, transport);
+      for (const spec of transport.ioEventFds()) {
+        const fd = libc.eventfd(0, libc.EFD_NONBLOCK);
+        this.eventFds.push(fd);
+        this.vmFd.ioeventfd(fd, BigInt(spec.address), spec.length, {
+          datamatch: BigInt(spec.datamatch),
+        });
+        this.watcher.addEventFd(fd, () => transport.notifyFromEventfd(spec.queue));
+      }
+      this.transports.push(transport);
+      return { base, size: VIRTIO_MMIO_REGION_SIZE, irq: gsi };
+    });
+  }
+
   private addPio(port: number, length: number, device: BusDevice): void {
     this.pioBus.insert(port, length, device);
     new Uint8Array(this.portMap).fill(ch.PORT_FORWARD, port, port + length);
@@ -314,6 +375,7 @@ export class Vm implements ExitHandler {
     const done = new Promise<Outcome>((resolve) => {
       this.finish = resolve;
     });
+    this.watcher.start();
     for (const fd of this.vcpuFds) {
       const t = new VcpuThread(fd, this.portMap, this);
       this.threads.push(t);
@@ -325,6 +387,7 @@ export class Vm implements ExitHandler {
     const outcome = await done;
     clearInterval(keepAlive);
     await Promise.all(this.threads.map((t) => t.stop()));
+    await this.watcher.stop();
     this.serial.flush();
     return outcome;
   }
@@ -361,6 +424,8 @@ export class Vm implements ExitHandler {
   }
 
   close(): void {
+    this.watcher.close();
+    for (const fd of this.eventFds) libc.close(fd);
     for (const t of this.threads) t.close();
     for (const v of this.vcpuFds) v.close();
     this.vmFd.close();

@@ -17,13 +17,11 @@ export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const VESSEL = `node ${shQuote(`${ROOT}bin/vessel.js`)}`;
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
 
-/** A `vessel run` of the default guest that runs `script` inside the guest, then powers off. */
-export function vesselRunExec(
-  script: string,
-  opts: { cpus: number; memory?: string; extra?: string },
+/** The `vessel run` command line for the default guest (stats on, quoted for sh). */
+export function vesselRunCommand(
+  opts: { cpus?: number; memory?: string; cmdline?: string; extra?: string } = {},
 ): string {
   const img = defaultImagePaths();
-  const exec = Buffer.from(script).toString("base64");
   return [
     VESSEL,
     "run",
@@ -32,14 +30,23 @@ export function vesselRunExec(
     "--initrd",
     shQuote(img.initrd),
     "--cpus",
-    String(opts.cpus),
+    String(opts.cpus ?? 1),
     "--memory",
     opts.memory ?? "512M",
     "--stats",
     "--cmdline",
-    shQuote(`${DEFAULT_CMDLINE} vessel.exec=${exec}`),
+    shQuote(opts.cmdline ?? DEFAULT_CMDLINE),
     opts.extra ?? "",
   ].join(" ");
+}
+
+/** A `vessel run` of the default guest that runs `script` inside the guest, then powers off. */
+export function vesselRunExec(
+  script: string,
+  opts: { cpus: number; memory?: string; extra?: string },
+): string {
+  const exec = Buffer.from(script).toString("base64");
+  return vesselRunCommand({ ...opts, cmdline: `${DEFAULT_CMDLINE} vessel.exec=${exec}` });
 }
 
 function bootCase(cpus: number): LabCase {
@@ -119,21 +126,11 @@ export const labCases: LabCase[] = [
 ];
 
 function powerButtonScript(): string {
-  const img = defaultImagePaths();
-  const run = [
-    VESSEL,
-    "run",
-    "--kernel",
-    shQuote(img.kernel),
-    "--initrd",
-    shQuote(img.initrd),
-    "--cmdline",
-    shQuote(DEFAULT_CMDLINE),
-  ].join(" ");
+  const run = vesselRunCommand();
   // The guest sits at its shell with acpid listening; press the button until it powers off.
   return `
 out=$(mktemp)
-sleep 100000 | ${run} > "$out" 2>&1 &
+${run} < /dev/null > "$out" 2>&1 &
 pid=$!
 for i in $(seq 1 240); do grep -q VESSEL-INIT-READY "$out" && break; sleep 1; done
 sleep 2

@@ -5,7 +5,10 @@ import assert from "node:assert/strict";
 import { before, test } from "node:test";
 import { buildDefaultImage } from "../../src/image/mod.js";
 import { hostKvmCanBootLinux, type LabRun, labAvailable, runInLab } from "../../src/lab/mod.js";
-import { labCases } from "./cases.js";
+import { labCases as coreCases } from "./cases.js";
+import { virtioCases } from "./virtio_cases.js";
+
+const labCases = [...coreCases, ...virtioCases];
 
 let run: LabRun | undefined;
 let failure: unknown;
