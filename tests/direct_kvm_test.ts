@@ -7,6 +7,9 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
+import { VirtioRng } from "../src/devices/virtio/rng/mod.js";
+import type { VirtioDevice } from "../src/virtio/device.js";
+import type { VirtioMmioTransport } from "../src/virtio/mmio.js";
 import { describeOutcome, type Outcome, Vm } from "../src/vmm/vm.js";
 import { assemblePvhElf, assembleReal, GUEST_LOAD_ADDRESS, POWEROFF } from "./guests/assemble.js";
 
@@ -15,6 +18,7 @@ function hostIsKvmPvm(): boolean {
 }
 
 interface GuestRun {
+  transports: ReturnType<VirtioMmioTransport["stats"]>[];
   outcome: Outcome;
   output: string;
   stats: ReturnType<Vm["stats"]>;
@@ -28,6 +32,7 @@ async function runGuest(
     during?: (vm: Vm) => void;
     inputAfter?: { marker: string; text: string };
     pvh?: { cmdline: string };
+    virtio?: VirtioDevice[];
   } = {},
 ): Promise<GuestRun> {
   assert.ok(existsSync("/dev/kvm"), "these tests need /dev/kvm, which this machine does not have");
@@ -39,6 +44,7 @@ async function runGuest(
     boot: opts.pvh
       ? { kind: "linux", kernel: assemblePvhElf(source), cmdline: opts.pvh.cmdline }
       : { kind: "flat-real", image: assembleReal(source), address: GUEST_LOAD_ADDRESS },
+    ...(opts.virtio ? { virtio: opts.virtio } : {}),
     consoleOut: (b) => {
       chunks.push(Buffer.from(b));
       // Console input is typed once the guest shows it is ready, as a person would.
@@ -52,8 +58,9 @@ async function runGuest(
   opts.during?.(vm);
   const outcome = await vm.run();
   const stats = vm.stats();
+  const transports = vm.transports.map((t) => t.stats());
   vm.close();
-  return { outcome, output: Buffer.concat(chunks).toString("latin1"), stats, vm };
+  return { outcome, output: Buffer.concat(chunks).toString("latin1"), stats, vm, transports };
 }
 
 /** Print the byte in %al on COM1. */
@@ -278,4 +285,101 @@ test("an ELF kernel boots through its PVH note with hvm_start_info in %ebx", asy
   );
   assert.equal(r.output, "pvh");
   assert.deepEqual(r.outcome, { kind: "poweroff" });
+});
+
+/** Unreal mode: FS gets a flat 4 GiB segment so 32-bit addresses reach the MMIO hole. */
+const UNREAL = `
+    cli
+    lgdt gdtr
+    mov %cr0, %eax
+    or $1, %al
+    mov %eax, %cr0
+    mov $0x08, %bx
+    mov %bx, %fs
+    and $0xfe, %al
+    mov %eax, %cr0
+    xor %bx, %bx
+    mov %bx, %fs
+`;
+const UNREAL_DATA = `
+  .align 8
+  gdt: .quad 0, 0x00cf93000000ffff
+  gdtr: .word 15
+        .long gdt
+`;
+/** Store a 32-bit value at a 32-bit physical address through FS. */
+const poke = (addr: number, value: number) => `
+    mov $${addr}, %esi
+    addr32 movl $${value}, %fs:(%esi)
+`;
+
+test("DMA to addresses outside RAM: a virtio buffer pointing into the MMIO hole is refused", async () => {
+  // The guest drives the virtio-rng transport at 0xd0001000 as Linux would, then offers a
+  // device-writable buffer at 0xf0000000 (the MMIO hole, not RAM) and kicks the queue
+  // through the ioeventfd. The device must refuse the chain, hand it back with 0 bytes,
+  // and keep running; the guest reports the used entry it sees.
+  const T = 0xd0001000;
+  const DESC = 0x10000;
+  const AVAIL = 0x10100;
+  const USED = 0x10200;
+  const r = await runGuest(
+    `
+    ${UNREAL}
+    ${poke(T + 0x70, 1)}
+    ${poke(T + 0x70, 3)}
+    ${poke(T + 0x24, 1)}
+    ${poke(T + 0x20, 1)}
+    ${poke(T + 0x24, 0)}
+    ${poke(T + 0x20, 0)}
+    ${poke(T + 0x70, 0xb)}
+    ${poke(T + 0x30, 0)}
+    ${poke(T + 0x38, 8)}
+    ${poke(T + 0x80, DESC)}
+    ${poke(T + 0x84, 0)}
+    ${poke(T + 0x90, AVAIL)}
+    ${poke(T + 0x94, 0)}
+    ${poke(T + 0xa0, USED)}
+    ${poke(T + 0xa4, 0)}
+    ${poke(T + 0x44, 1)}
+    ${poke(T + 0x70, 0xf)}
+    # descriptor 0: addr 0xf0000000 (outside RAM), len 64, flags WRITE, next 0
+    ${poke(DESC, 0xf0000000)}
+    ${poke(DESC + 4, 0)}
+    ${poke(DESC + 8, 64)}
+    ${poke(DESC + 12, 2)}
+    # avail ring: flags 0, idx 1, ring[0] = 0
+    ${poke(AVAIL + 4, 0)}
+    ${poke(AVAIL, 0x10000)}
+    ${poke(T + 0x50, 0)}
+    # wait for the used index to move
+    mov $20000000, %ecx
+  wait_used:
+    mov $${USED}, %esi
+    addr32 movl %fs:(%esi), %eax
+    shr $16, %eax
+    cmp $1, %ax
+    je got_used
+    dec %ecx
+    jnz wait_used
+    ${PUTC("t")}
+    ${POWEROFF.replace("1: jmp 1b", "3: jmp 3b")}
+  got_used:
+    mov $${USED + 8}, %esi
+    addr32 movl %fs:(%esi), %eax
+    cmp $0, %eax
+    jne bad
+    ${PUTC("y")}
+    ${POWEROFF.replace("1: jmp 1b", "4: jmp 4b")}
+  bad:
+    ${PUTC("n")}
+    ${POWEROFF}
+    ${UNREAL_DATA}
+  `,
+    { virtio: [new VirtioRng()] },
+  );
+  assert.deepEqual(r.outcome, { kind: "poweroff" });
+  assert.equal(r.output, "y", "the guest did not see its refused buffer returned with 0 bytes");
+  const q = r.transports[0]?.queues[0];
+  assert.ok(q, "no queue stats");
+  assert.equal(q.malformed, 1);
 });

@@ -16,6 +16,10 @@ function installKickHandler(): void {
   kickHandlerInstalled = true;
 }
 
+/**
+ * Answers forwarded exits. `data` is a view of exactly size × count bytes of the mailbox
+ * (for a single access, one of the views made once per thread: nothing is allocated).
+ */
 export interface ExitHandler {
   pio(isWrite: boolean, port: number, size: number, count: number, data: Uint8Array): void;
   mmio(isWrite: boolean, address: number, size: number, data: Uint8Array): void;
@@ -26,6 +30,8 @@ export class VcpuThread {
   private readonly shared: ch.VcpuShared;
   private readonly ctrl: Int32Array;
   private readonly data: Uint8Array;
+  /** Views of the mailbox's first 1..8 bytes, indexed by access size. */
+  private readonly sized: Uint8Array[];
   private readonly runBytes: Uint8Array;
   private readonly runMapping: libc.Mapping;
   private worker: Worker | undefined;
@@ -43,6 +49,7 @@ export class VcpuThread {
     this.shared = ch.allocateShared(abi.KVM_EXIT_REASON_SLOTS, portMap);
     this.ctrl = new Int32Array(this.shared.control);
     this.data = new Uint8Array(this.shared.data);
+    this.sized = Array.from({ length: 9 }, (_, n) => this.data.subarray(0, n));
     // Our own mapping of kvm_run, only to set immediate_exit when kicking.
     this.runMapping = vcpu.mapRun();
     this.runBytes = new Uint8Array(this.runMapping.buffer);
@@ -115,9 +122,12 @@ export class VcpuThread {
       (Atomics.load(ctrl, ch.C_ADDR_LO) >>> 0) +
       (Atomics.load(ctrl, ch.C_ADDR_HI) >>> 0) * 0x100000000;
     try {
+      // GUEST-CONTROLLED (via KVM): size and count; the worker bounded size*count to the mailbox.
+      const bytes = Math.min(size * count, this.data.length);
+      const view = bytes <= 8 ? (this.sized[bytes] as Uint8Array) : this.data.subarray(0, bytes);
       if (Atomics.load(ctrl, ch.C_KIND) === ch.KIND_PIO)
-        this.handler.pio(isWrite, addr, size, count, this.data);
-      else this.handler.mmio(isWrite, addr, size, this.data);
+        this.handler.pio(isWrite, addr, size, count, view);
+      else this.handler.mmio(isWrite, addr, size, view);
     } catch (e) {
       // A device must never take the VMM down; a throw here is our bug, so log it loudly.
       process.emitWarning(

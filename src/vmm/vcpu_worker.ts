@@ -59,7 +59,10 @@ function handleIo(): void {
   const size = run.getUint8(abi.RUN_IO_SIZE);
   const ioPort = run.getUint16(abi.RUN_IO_PORT, true);
   const count = run.getUint32(abi.RUN_IO_COUNT, true);
-  const offset = Number(run.getBigUint64(abi.RUN_IO_DATA_OFFSET, true));
+  // Two 32-bit reads instead of getBigUint64: no BigInt is allocated on the exit path.
+  const offset =
+    run.getUint32(abi.RUN_IO_DATA_OFFSET, true) +
+    run.getUint32(abi.RUN_IO_DATA_OFFSET + 4, true) * 0x100000000;
   const bytes = size * count;
   // The kernel fills these, but a bad value must not make us read past the mapping.
   if (offset + bytes > runBytes.length || bytes > ch.DATA_BYTES) return;
@@ -83,7 +86,9 @@ function handleIo(): void {
 }
 
 function handleMmio(): void {
-  const addr = Number(run.getBigUint64(abi.RUN_MMIO_PHYS_ADDR, true));
+  const addr =
+    run.getUint32(abi.RUN_MMIO_PHYS_ADDR, true) +
+    run.getUint32(abi.RUN_MMIO_PHYS_ADDR + 4, true) * 0x100000000;
   const len = run.getUint32(abi.RUN_MMIO_LEN, true);
   const isWrite = run.getUint8(abi.RUN_MMIO_IS_WRITE);
   if (len === 0 || len > 8) return;

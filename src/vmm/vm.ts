@@ -341,6 +341,12 @@ export class Vm implements ExitHandler {
 
   /** ExitHandler: a forwarded port access; string I/O is split into single accesses. */
   pio(isWrite: boolean, port: number, size: number, count: number, data: Uint8Array): void {
+    if (count === 1) {
+      // `data` is already a view of exactly `size` bytes (made once per vCPU thread).
+      if (isWrite) this.pioBus.write(port, data);
+      else this.pioBus.read(port, data);
+      return;
+    }
     for (let i = 0; i < count; i++) {
       const view = data.subarray(i * size, i * size + size);
       if (isWrite) this.pioBus.write(port, view);
@@ -348,10 +354,9 @@ export class Vm implements ExitHandler {
     }
   }
 
-  mmio(isWrite: boolean, address: number, size: number, data: Uint8Array): void {
-    const view = data.subarray(0, size);
-    if (isWrite) this.mmioBus.write(address, view);
-    else this.mmioBus.read(address, view);
+  mmio(isWrite: boolean, address: number, _size: number, data: Uint8Array): void {
+    if (isWrite) this.mmioBus.write(address, data);
+    else this.mmioBus.read(address, data);
   }
 
   private request(r: VmRequest, reason: string): void {
