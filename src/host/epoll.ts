@@ -25,6 +25,8 @@ export class FdWatcher {
   private readonly epfd: number;
   private readonly stopFd: number;
   private readonly handlers = new Map<number, () => void>();
+  /** Watched fds that are eventfds, whose counter we drain before calling the handler. */
+  private readonly eventFds = new Set<number>();
   private readonly events = Buffer.alloc(EVENT_SIZE * MAX_EVENTS);
   private readonly counter = new BigUint64Array(1);
   private running = false;
@@ -48,13 +50,23 @@ export class FdWatcher {
 
   /** Call `onReady` (on the main thread) each time the eventfd `fd` is signalled. */
   addEventFd(fd: number, onReady: () => void): void {
+    this.addFd(fd, onReady);
+    this.eventFds.add(fd);
+  }
+
+  /**
+   * Call `onReady` while `fd` (a TAP device, a socket...) is readable. Level-triggered: the
+   * handler must read until EAGAIN, or it is called again on the next wait.
+   */
+  addFd(fd: number, onReady: () => void): void {
     if (this.handlers.has(fd)) throw new RangeError(`fd ${fd} is already watched`);
     this.handlers.set(fd, onReady);
     this.ctl(EPOLL_CTL_ADD, fd);
   }
 
-  removeEventFd(fd: number): void {
+  removeFd(fd: number): void {
     if (!this.handlers.delete(fd)) return;
+    this.eventFds.delete(fd);
     this.ctl(EPOLL_CTL_DEL, fd);
   }
 
@@ -79,11 +91,13 @@ export class FdWatcher {
       }
       for (let i = 0; i < n; i++) {
         const fd = Number(this.events.readBigUInt64LE(i * EVENT_SIZE + 4));
-        // Drain the eventfd counter first so a signal arriving during the handler re-fires.
-        try {
-          read(fd, this.counter);
-        } catch (e) {
-          if (!(e instanceof HostError && e.code === "EAGAIN")) throw e;
+        // Drain an eventfd's counter first so a signal arriving during the handler re-fires.
+        if (fd === this.stopFd || this.eventFds.has(fd)) {
+          try {
+            read(fd, this.counter);
+          } catch (e) {
+            if (!(e instanceof HostError && e.code === "EAGAIN")) throw e;
+          }
         }
         if (fd === this.stopFd) continue;
         this.handlers.get(fd)?.();

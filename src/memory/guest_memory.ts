@@ -176,6 +176,21 @@ export class GuestMemory {
     v.setBigUint64(o, x, true);
   }
 
+  /**
+   * Give the pages of a page-aligned range back to the host (MADV_DONTNEED): the guest then
+   * reads zeros there, and the VMM's resident memory drops. For the balloon.
+   */
+  discard(address: number, length: number): void {
+    if (address % 4096 !== 0 || length % 4096 !== 0 || !this.contains(address, length)) {
+      throw new GuestMemoryError(address, length);
+    }
+    for (const r of this.regions) {
+      const start = Math.max(address, r.start);
+      const end = Math.min(address + length, r.start + r.size);
+      if (start < end) libc.madvise(r.mapping, start - r.start, end - start, libc.MADV_DONTNEED);
+    }
+  }
+
   /** Unmap all regions. The object must not be used afterwards. */
   close(): void {
     for (const r of this.regions) libc.munmap(r.mapping);
