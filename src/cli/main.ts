@@ -41,6 +41,10 @@ program
     [],
   )
   .option("--rng", "a virtio-rng device fed from the host's getrandom")
+  .option(
+    "--control-socket <path>",
+    "a Unix socket taking JSON-line requests (power-button, stop, stats)",
+  )
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
   .action(async (opts) => {
     exitCode = await (await runModule()).runCommand(opts);

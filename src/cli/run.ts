@@ -6,6 +6,7 @@ import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod
 import { HostError, hostKvmCanBootLinux, libc, MissingCapabilityError } from "../host/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
+import { type ControlHandler, ControlServer } from "../vmm/control.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
 import { closeDevices, openDevices, parseDisk } from "./devices.js";
@@ -22,6 +23,7 @@ export interface RunFlags {
   slowKvm?: boolean;
   disk?: string[];
   rng?: boolean;
+  controlSocket?: string;
 }
 
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -140,6 +142,16 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   const setupMs = Math.round(process.uptime() * 1000);
   const stdin = process.stdin;
   const restoreTty = attachConsole(vm, stdin);
+  let control: ControlServer | undefined;
+  if (flags.controlSocket) {
+    try {
+      control = await ControlServer.listen(flags.controlSocket, controlHandlers(vm, devices));
+    } catch (e) {
+      vm.close();
+      await closeDevices(devices);
+      throw new UsageError(`--control-socket: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
   const onSignal = (signal: string) => vm.end({ kind: "stopped", reason: `${signal} received` });
   // SIGPWR is the traditional "power is failing" signal: press the guest's power button,
   // so `kill -PWR` is a clean shutdown request, as `virsh shutdown` is.
@@ -159,6 +171,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     process.off("SIGTERM", onSignal);
     process.off("SIGPWR", onPower);
   }
+  await control?.close();
   const stats = vm.stats();
   vm.close();
   await closeDevices(devices);
@@ -174,6 +187,18 @@ export async function runCommand(flags: RunFlags): Promise<number> {
       );
   }
   return OUTCOME_EXIT_CODE[outcome.kind];
+}
+
+/** What the control socket offers for this VM (see src/vmm/control.ts). */
+function controlHandlers(vm: Vm, devices: readonly VirtioDevice[]): Record<string, ControlHandler> {
+  return {
+    "power-button": () => vm.pressPowerButton(),
+    stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
+    stats: () => ({
+      ...vm.stats(),
+      devices: vm.transports.map((t, i) => ({ name: devices[i]?.name, ...t.stats() })),
+    }),
+  };
 }
 
 function attachConsole(vm: Vm, stdin: NodeJS.ReadStream): () => void {

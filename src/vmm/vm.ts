@@ -44,6 +44,11 @@ export interface VmConfig {
   consoleOut: (bytes: Uint8Array) => void;
   /** virtio devices, each behind its own virtio-mmio transport, in this order. */
   virtio?: readonly VirtioDevice[];
+  /**
+   * The fd watcher the VM's ioeventfds are added to. Pass one when devices built before
+   * the VM (a TAP-backed net device) must share it; the VM then closes it.
+   */
+  watcher?: FdWatcher;
   kvmPath?: string;
 }
 
@@ -154,13 +159,14 @@ export class Vm implements ExitHandler {
   /** Per-port routing shared with the vCPU threads (see vcpu_channel PORT_*). */
   private readonly portMap = new SharedArrayBuffer(PIO_SPACE_SIZE);
   /** ioeventfds for queue notifications; readiness arrives on the main thread. */
-  private readonly watcher = new FdWatcher();
+  private readonly watcher: FdWatcher;
   private readonly eventFds: number[] = [];
   readonly transports: VirtioMmioTransport[] = [];
   private finish: ((o: Outcome) => void) | undefined;
   private outcome: Outcome | undefined;
 
   private constructor(config: VmConfig) {
+    this.watcher = config.watcher ?? new FdWatcher();
     // 1. KVM and the capabilities everything below relies on.
     this.kvm = new Kvm(config.kvmPath);
     this.kvm.requireExtensions({

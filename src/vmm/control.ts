@@ -1,0 +1,98 @@
+// The VMM process's control socket: a Unix socket speaking JSON lines, one request and one
+// reply per line. `vessel run --control-socket PATH` opens it; the domain daemon (issue #4)
+// will supervise VMM processes through the same socket. File permissions (0600, owned by
+// the VMM's user) are the access control. Requests are untrusted input: size-bounded,
+// parsed defensively, and answered with {"ok":false,"error":...} when wrong.
+
+import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+
+export type ControlHandler = (args: Record<string, unknown>) => unknown | Promise<unknown>;
+
+const MAX_LINE = 64 * 1024;
+
+export class ControlServer {
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+
+  private constructor(
+    readonly path: string,
+    private readonly handlers: Readonly<Record<string, ControlHandler>>,
+  ) {
+    this.server = createServer((socket) => this.serve(socket));
+  }
+
+  /** Listen at `path` (a stale socket file from a dead VMM is replaced; anything else is not). */
+  static async listen(
+    path: string,
+    handlers: Readonly<Record<string, ControlHandler>>,
+  ): Promise<ControlServer> {
+    if (existsSync(path)) {
+      if (!lstatSync(path).isSocket())
+        throw new Error(`--control-socket: ${path} exists and is not a socket`);
+      unlinkSync(path);
+    }
+    const c = new ControlServer(path, handlers);
+    await new Promise<void>((resolve, reject) => {
+      c.server.once("error", reject);
+      c.server.listen(path, () => resolve());
+    });
+    chmodSync(path, 0o600);
+    c.server.unref();
+    return c;
+  }
+
+  private serve(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.unref();
+    socket.setEncoding("utf8");
+    let buffered = "";
+    let queue = Promise.resolve();
+    socket.on("data", (chunk: string) => {
+      buffered += chunk;
+      if (buffered.length > MAX_LINE && !buffered.includes("\n")) {
+        socket.end(
+          `${JSON.stringify({ ok: false, error: `request longer than ${MAX_LINE} bytes` })}\n`,
+        );
+        return;
+      }
+      let nl = buffered.indexOf("\n");
+      while (nl >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        queue = queue.then(() => this.answer(socket, line));
+        nl = buffered.indexOf("\n");
+      }
+    });
+    socket.on("error", () => {});
+    socket.on("close", () => this.sockets.delete(socket));
+  }
+
+  private async answer(socket: Socket, line: string): Promise<void> {
+    let reply: unknown;
+    try {
+      const req: unknown = JSON.parse(line);
+      if (typeof req !== "object" || req === null || Array.isArray(req))
+        throw new Error("request must be a JSON object");
+      const { op, ...args } = req as Record<string, unknown>;
+      if (typeof op !== "string") throw new Error('request needs "op", a string');
+      const handler = Object.hasOwn(this.handlers, op) ? this.handlers[op] : undefined;
+      if (!handler)
+        throw new Error(`unknown op "${op}" (known: ${Object.keys(this.handlers).join(", ")})`);
+      reply = { ok: true, result: (await handler(args)) ?? null };
+    } catch (e) {
+      reply = { ok: false, error: e instanceof Error ? e.message : String(e) };
+    }
+    if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // already gone
+    }
+  }
+}
