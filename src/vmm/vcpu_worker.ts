@@ -4,7 +4,8 @@
 // Nothing is allocated per exit: every view is made once below.
 
 import { parentPort, workerData } from "node:worker_threads";
-import { abi, libc } from "../host/mod.js";
+import * as abi from "../host/kvm_abi.js";
+import * as libc from "../host/libc.js";
 import * as ch from "./vcpu_channel.js";
 
 interface VcpuWorkerData {
