@@ -42,7 +42,7 @@ export const GUEST_MODULES: readonly string[] = [
 export const GUEST_OPTIONAL_MODULES: readonly string[] = ["rng_core", "ext4"];
 
 /** Bump when the image's layout or /init changes in a way a cached build must not hide. */
-const RECIPE_VERSION = 2;
+const RECIPE_VERSION = 3;
 
 /** Printed by /init once modules are loaded; boot-to-init timing looks for it. */
 export const INIT_READY_MARKER = "VESSEL-INIT-READY";
@@ -65,6 +65,23 @@ while read -r mod; do
   insmod "$mod" 2>/tmp/insmod.err || echo "VESSEL-INIT: module \${mod##*/} failed: $(cat /tmp/insmod.err)"
 done < ${MODULE_LIST_PATH}
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+# Network: vessel.ip=ADDR/PREFIX (and vessel.gw=ADDR) on the kernel command line configure
+# eth0 statically; vessel.ip=dhcp runs busybox udhcpc; without it eth0 is only brought up.
+net_ip=; net_gw=
+set -f
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    vessel.ip=*) net_ip="\${arg#vessel.ip=}" ;;
+    vessel.gw=*) net_gw="\${arg#vessel.gw=}" ;;
+  esac
+done
+set +f
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up
+  if [ "$net_ip" = dhcp ]; then udhcpc -q -n -i eth0 >/dev/null 2>&1 || echo "VESSEL-INIT: dhcp on eth0 failed"
+  elif [ -n "$net_ip" ]; then ip addr add "$net_ip" dev eth0; fi
+  [ -n "$net_gw" ] && ip route add default via "$net_gw"
+fi
 echo "VESSEL-INIT: cpus=$(nproc) mem=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
 echo "${INIT_READY_MARKER}"
 power_off() {
