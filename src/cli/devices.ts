@@ -1,8 +1,12 @@
 // Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]` (repeatable) and `--rng`.
 // Each value is checked here and turned into a device model; a mistake names the flag.
 
+import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioBlock } from "../devices/virtio/block/mod.js";
+import { VirtioConsole } from "../devices/virtio/console/mod.js";
+import { VirtioNet } from "../devices/virtio/net/mod.js";
 import { VirtioRng } from "../devices/virtio/rng/mod.js";
+import type { FdWatcher } from "../host/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
 import { UsageError } from "./args.js";
 
@@ -26,9 +30,48 @@ export function parseDisk(text: string): DiskSpec {
   return spec;
 }
 
+export interface NetSpec {
+  tap: string;
+  mac?: string;
+}
+
+/** Parse one --net value: tap=NAME[,mac=MAC][,vhost=on|off]. */
+export function parseNet(text: string): NetSpec {
+  let tap: string | undefined;
+  let mac: string | undefined;
+  for (const opt of text.split(",")) {
+    const [key, value] = opt.split("=", 2);
+    if (key === "tap" && value) tap = value;
+    else if (key === "mac" && value) mac = value;
+    else if (key === "vhost" && value === "off") continue;
+    else if (key === "vhost" && value === "on") {
+      throw new UsageError(
+        `--net ${text}: vhost=on is not implemented yet; the user-space path is what works`,
+      );
+    } else
+      throw new UsageError(
+        `--net ${text}: unknown option "${opt}" (known: tap=NAME, mac=MAC, vhost=off)`,
+      );
+  }
+  if (!tap) throw new UsageError(`--net ${text}: tap=NAME is required`);
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(tap))
+    throw new UsageError(`--net ${text}: "${tap}" is not a valid interface name`);
+  return { tap, ...(mac !== undefined ? { mac } : {}) };
+}
+
+export interface DeviceFlags {
+  disks: readonly string[];
+  nets: readonly string[];
+  rng: boolean;
+  balloon: boolean;
+  /** Output sink of a virtio-console (hvc0), when the console is virtio. */
+  virtioConsoleOut?: (bytes: Uint8Array) => void;
+}
+
 /** Open every device; on any failure close those already opened and report which flag. */
-export async function openDevices(disks: readonly string[], rng: boolean): Promise<VirtioDevice[]> {
-  const opened: VirtioBlock[] = [];
+export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promise<VirtioDevice[]> {
+  const { disks, nets, rng } = flags;
+  const opened: VirtioDevice[] = [];
   const devices: VirtioDevice[] = [];
   try {
     disks.forEach((text, i) => {
@@ -46,14 +89,36 @@ export async function openDevices(disks: readonly string[], rng: boolean): Promi
         throw new UsageError(`--disk ${text}: ${e instanceof Error ? e.message : String(e)}`);
       }
     });
+    nets.forEach((text, i) => {
+      const spec = parseNet(text);
+      try {
+        const net = new VirtioNet({
+          tap: spec.tap,
+          name: `virtio-net${i}`,
+          watch: (fd, onReady) => watcher.addFd(fd, onReady),
+          unwatch: (fd) => watcher.removeFd(fd),
+          ...(spec.mac !== undefined ? { mac: spec.mac } : {}),
+        });
+        opened.push(net);
+        devices.push(net);
+      } catch (e) {
+        throw new UsageError(`--net ${text}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    });
   } catch (e) {
     await closeDevices(opened);
     throw e;
   }
   if (rng) devices.push(new VirtioRng({ name: "virtio-rng0" }));
+  if (flags.balloon) devices.push(new VirtioBalloon({ name: "virtio-balloon0" }));
+  if (flags.virtioConsoleOut)
+    devices.push(new VirtioConsole({ out: flags.virtioConsoleOut, name: "virtio-console0" }));
   return devices;
 }
 
 export async function closeDevices(devices: readonly VirtioDevice[]): Promise<void> {
-  for (const d of devices) if (d instanceof VirtioBlock) await d.close();
+  for (const d of devices) {
+    if (d instanceof VirtioBlock) await d.close();
+    else if (d instanceof VirtioNet) d.close();
+  }
 }

@@ -40,10 +40,18 @@ program
     collect,
     [],
   )
+  .option(
+    "--net <tap=NAME[,mac=MAC]>",
+    "a virtio-net device on a TAP interface (repeatable)",
+    collect,
+    [],
+  )
   .option("--rng", "a virtio-rng device fed from the host's getrandom")
+  .option("--balloon", "a virtio-balloon device (target set on the control socket)")
+  .option("--console <serial|virtio>", "which device is the terminal: COM1 or hvc0", "serial")
   .option(
     "--control-socket <path>",
-    "a Unix socket taking JSON-line requests (power-button, stop, stats)",
+    "a Unix socket taking JSON-line requests (power-button, stop, stats, balloon)",
   )
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
   .action(async (opts) => {

@@ -3,13 +3,21 @@
 
 import { statSync } from "node:fs";
 import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
-import { HostError, hostKvmCanBootLinux, libc, MissingCapabilityError } from "../host/mod.js";
+import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
+import { VirtioConsole } from "../devices/virtio/console/mod.js";
+import {
+  FdWatcher,
+  HostError,
+  hostKvmCanBootLinux,
+  libc,
+  MissingCapabilityError,
+} from "../host/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
 import { type ControlHandler, ControlServer } from "../vmm/control.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
-import { closeDevices, openDevices, parseDisk } from "./devices.js";
+import { closeDevices, openDevices, parseDisk, parseNet } from "./devices.js";
 
 export interface RunFlags {
   kernel: string;
@@ -22,7 +30,11 @@ export interface RunFlags {
   /** Boot even where /dev/kvm is known to interpret guest code (very slow; usually fails). */
   slowKvm?: boolean;
   disk?: string[];
+  net?: string[];
   rng?: boolean;
+  balloon?: boolean;
+  /** "serial" (default): the terminal is COM1. "virtio": the terminal is hvc0. */
+  console?: string;
   controlSocket?: string;
 }
 
@@ -79,7 +91,16 @@ export function validateRunFlags(flags: RunFlags) {
     throw e;
   }
   for (const d of flags.disk ?? []) parseDisk(d);
-  const cmdline = flags.cmdline ?? DEFAULT_CMDLINE;
+  for (const n of flags.net ?? []) parseNet(n);
+  const consoleKind = flags.console ?? "serial";
+  if (consoleKind !== "serial" && consoleKind !== "virtio") {
+    throw new UsageError(`--console: "${consoleKind}" is not serial or virtio`);
+  }
+  const cmdline =
+    flags.cmdline ??
+    (consoleKind === "virtio"
+      ? DEFAULT_CMDLINE.replace("console=ttyS0", "console=hvc0")
+      : DEFAULT_CMDLINE);
   return { memoryBytes, cpus, kernel, initrd, cmdline };
 }
 
@@ -95,10 +116,24 @@ export async function runCommand(flags: RunFlags): Promise<number> {
       );
     }
   }
+  const watcher = new FdWatcher();
+  const toTerminal = (bytes: Uint8Array) => {
+    process.stdout.write(Buffer.from(bytes));
+  };
   let devices: VirtioDevice[];
   try {
-    devices = await openDevices(flags.disk ?? [], flags.rng === true);
+    devices = await openDevices(
+      {
+        disks: flags.disk ?? [],
+        nets: flags.net ?? [],
+        rng: flags.rng === true,
+        balloon: flags.balloon === true,
+        ...(flags.console === "virtio" ? { virtioConsoleOut: toTerminal } : {}),
+      },
+      watcher,
+    );
   } catch (e) {
+    watcher.close();
     input.kernel.close();
     input.initrd?.close();
     throw e;
@@ -107,6 +142,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   try {
     vm = Vm.build({
       virtio: devices,
+      watcher,
       memoryBytes: input.memoryBytes,
       cpus: input.cpus,
       boot: {
@@ -115,9 +151,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
         initrd: input.initrd?.bytes,
         cmdline: input.cmdline,
       },
-      consoleOut: (bytes) => {
-        process.stdout.write(Buffer.from(bytes));
-      },
+      consoleOut: toTerminal,
     });
   } catch (e) {
     await closeDevices(devices);
@@ -141,7 +175,12 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   // flag checks, loading the kernel, building the VM.
   const setupMs = Math.round(process.uptime() * 1000);
   const stdin = process.stdin;
-  const restoreTty = attachConsole(vm, stdin);
+  const hvc = devices.find((d): d is VirtioConsole => d instanceof VirtioConsole);
+  const restoreTty = attachConsole(
+    vm,
+    stdin,
+    hvc ? (b) => hvc.enqueueInput(b) : (b) => vm.serial.enqueueInput(b),
+  );
   let control: ControlServer | undefined;
   if (flags.controlSocket) {
     try {
@@ -194,6 +233,7 @@ function controlHandlers(vm: Vm, devices: readonly VirtioDevice[]): Record<strin
   return {
     "power-button": () => vm.pressPowerButton(),
     stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
+    ...balloonHandlers(devices),
     stats: () => ({
       ...vm.stats(),
       devices: vm.transports.map((t, i) => ({ name: devices[i]?.name, ...t.stats() })),
@@ -201,7 +241,31 @@ function controlHandlers(vm: Vm, devices: readonly VirtioDevice[]): Record<strin
   };
 }
 
-function attachConsole(vm: Vm, stdin: NodeJS.ReadStream): () => void {
+function balloonHandlers(devices: readonly VirtioDevice[]): Record<string, ControlHandler> {
+  const balloon = devices.find((d): d is VirtioBalloon => d instanceof VirtioBalloon);
+  if (!balloon) return {};
+  return {
+    /** Set the balloon's target: {"op":"balloon","targetBytes":N} (what the guest gives back). */
+    balloon: (args) => {
+      const bytes = args.targetBytes;
+      if (typeof bytes !== "number" || !Number.isSafeInteger(bytes) || bytes < 0) {
+        throw new Error("targetBytes must be a non-negative integer");
+      }
+      balloon.setTarget(Math.floor(bytes / 4096));
+      return balloon.stats();
+    },
+    "balloon-stats": () => {
+      balloon.requestStats();
+      return balloon.stats();
+    },
+  };
+}
+
+function attachConsole(
+  vm: Vm,
+  stdin: NodeJS.ReadStream,
+  input: (bytes: Uint8Array) => number,
+): () => void {
   const tty = stdin.isTTY === true;
   if (tty) stdin.setRawMode(true);
   const onData = (chunk: Buffer) => {
@@ -210,7 +274,7 @@ function attachConsole(vm: Vm, stdin: NodeJS.ReadStream): () => void {
       vm.end({ kind: "stopped", reason: "Ctrl-] pressed" });
       return;
     }
-    vm.serial.enqueueInput(chunk);
+    input(chunk);
   };
   stdin.on("data", onData);
   stdin.on("error", () => {});

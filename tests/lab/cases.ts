@@ -43,10 +43,12 @@ export function vesselRunCommand(
 /** A `vessel run` of the default guest that runs `script` inside the guest, then powers off. */
 export function vesselRunExec(
   script: string,
-  opts: { cpus: number; memory?: string; extra?: string },
+  opts: { cpus: number; memory?: string; extra?: string; cmdlineAppend?: string },
 ): string {
   const exec = Buffer.from(script).toString("base64");
-  return vesselRunCommand({ ...opts, cmdline: `${DEFAULT_CMDLINE} vessel.exec=${exec}` });
+  const { cmdlineAppend, ...rest } = opts;
+  const append = cmdlineAppend ? ` ${cmdlineAppend}` : "";
+  return vesselRunCommand({ ...rest, cmdline: `${DEFAULT_CMDLINE}${append} vessel.exec=${exec}` });
 }
 
 function bootCase(cpus: number): LabCase {

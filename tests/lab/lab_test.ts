@@ -6,9 +6,9 @@ import { before, test } from "node:test";
 import { buildDefaultImage } from "../../src/image/mod.js";
 import { hostKvmCanBootLinux, type LabRun, labAvailable, runInLab } from "../../src/lab/mod.js";
 import { labCases as coreCases } from "./cases.js";
-import { virtioCases } from "./virtio_cases.js";
+import { balloonCases, consoleCases, netCases, virtioCases } from "./virtio_cases.js";
 
-const labCases = [...coreCases, ...virtioCases];
+const labCases = [...coreCases, ...virtioCases, ...consoleCases, ...netCases, ...balloonCases];
 
 let run: LabRun | undefined;
 let failure: unknown;

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import type { LabCase } from "./cases.js";
-import { vesselRunExec } from "./cases.js";
+import { DEFAULT_CMDLINE, vesselRunCommand, vesselRunExec } from "./cases.js";
 
 // The guest makes an ext4 file system, writes files, prints their checksums and powers
 // off; the host then mounts the image and checks the same checksums.
@@ -95,6 +95,126 @@ after=$(sha256sum "$img" | cut -d' ' -f1)
       assert.match(r.output, /GUEST-RNG virtio_rng/);
       assert.match(r.output, /GUEST-RNG-BYTES 4096/);
       assert.equal(r.exitCode, 0);
+    },
+  },
+];
+
+/** The host side of the TCP test: receive one connection, print its SHA-256. */
+const HOST_RECEIVER = `node -e '
+const s = require("net").createServer((c) => {
+  const h = require("crypto").createHash("sha256"); let n = 0;
+  c.on("data", (d) => { h.update(d); n += d.length; });
+  c.on("end", () => { console.log("HOST-TCP-SUM " + h.digest("hex") + " " + n); s.close(); });
+}).listen(5000, "10.201.0.1");
+setTimeout(() => process.exit(3), 200000).unref();
+'`;
+
+export const netCases: LabCase[] = [
+  {
+    scenario: {
+      name: "virtio-net over TAP: the guest pings the host and sends a TCP stream whose checksum matches",
+      script: `
+ip link del vtap0 2>/dev/null
+ip tuntap add dev vtap0 mode tap vnet_hdr
+ip addr add 10.201.0.1/24 dev vtap0
+ip link set vtap0 up
+${HOST_RECEIVER} > /tmp/vessel-tcp.out 2>&1 &
+recv=$!
+${vesselRunExec(
+  `ping -c 3 -W 5 10.201.0.1 | sed 's/^/GUEST-PING /'
+head -c 2000000 /dev/urandom > /tmp/f
+echo "GUEST-TCP-SUM $(sha256sum /tmp/f | cut -d' ' -f1) $(wc -c < /tmp/f)"
+nc 10.201.0.1 5000 < /tmp/f`,
+  { cpus: 1, extra: "--net tap=vtap0", cmdlineAppend: "vessel.ip=10.201.0.2/24" },
+)}
+echo "VESSEL-RC=$?"
+wait $recv
+cat /tmp/vessel-tcp.out
+ip link del vtap0
+`,
+      timeoutSec: 300,
+    },
+    check: (r) => {
+      assert.match(r.output, /VESSEL-RC=0/);
+      assert.match(r.output, /GUEST-PING 3 packets transmitted, 3 packets received/);
+      const guest = /GUEST-TCP-SUM (\S+) (\d+)/.exec(r.output);
+      const host = /HOST-TCP-SUM (\S+) (\d+)/.exec(r.output);
+      assert.ok(guest && host, "missing checksums");
+      assert.equal(host[2], guest[2], "byte counts differ");
+      assert.equal(host[1], guest[1], "the host received different bytes than the guest sent");
+    },
+  },
+];
+
+/** Send one JSON request to a Vessel control socket and print the reply. */
+const controlClient = (sock: string, request: object) =>
+  `node -e 'const s = require("net").connect(process.argv[1]); s.end(process.argv[2] + "\\n"); s.on("data", (d) => process.stdout.write(d));' ${sock} '${JSON.stringify(request)}'`;
+
+export const balloonCases: LabCase[] = [
+  {
+    scenario: {
+      name: "virtio-balloon: inflating lowers the guest's memory and the VMM's resident memory",
+      script: `
+sock=/tmp/vessel-balloon.sock
+out=$(mktemp)
+${vesselRunExec(
+  `dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>/dev/null; rm /tmp/fill
+echo "GUEST-BEFORE $(awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} END{print t, f}' /proc/meminfo)"
+echo GUEST-TOUCHED
+sleep 35
+echo "GUEST-AFTER $(awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} END{print t, f}' /proc/meminfo)"`,
+  { cpus: 1, memory: "512M", extra: `--balloon --control-socket $sock` },
+)} > "$out" 2>&1 &
+pid=$!
+for i in $(seq 1 240); do grep -q GUEST-TOUCHED "$out" && break; sleep 1; done
+echo "HOST-RSS-BEFORE $(awk '/VmRSS/{print $2}' /proc/$pid/status)"
+${controlClient("$sock", { op: "balloon", targetBytes: 300 * 1024 * 1024 })} | sed 's/^/CONTROL /'
+sleep 15
+echo "HOST-RSS-AFTER $(awk '/VmRSS/{print $2}' /proc/$pid/status)"
+wait $pid
+echo "VESSEL-RC=$?"
+cat "$out"
+`,
+      timeoutSec: 300,
+    },
+    check: (r) => {
+      assert.match(r.output, /VESSEL-RC=0/);
+      assert.match(r.output, /CONTROL \{"ok":true/);
+      const before = /GUEST-BEFORE (\d+) (\d+)/.exec(r.output);
+      const after = /GUEST-AFTER (\d+) (\d+)/.exec(r.output);
+      assert.ok(before && after, "the guest did not report its memory");
+      // The balloon takes 300 MiB: MemTotal (or, with deflate-on-oom, MemFree) drops by most of it.
+      const drop = Number(before[1]) + Number(before[2]) - (Number(after[1]) + Number(after[2]));
+      assert.ok(drop > 200 * 1024, `guest memory dropped by only ${drop} KiB`);
+      const rssBefore = Number(/HOST-RSS-BEFORE (\d+)/.exec(r.output)?.[1]);
+      const rssAfter = Number(/HOST-RSS-AFTER (\d+)/.exec(r.output)?.[1]);
+      assert.ok(
+        rssBefore - rssAfter > 100 * 1024,
+        `VMM RSS went from ${rssBefore} to ${rssAfter} KiB`,
+      );
+    },
+  },
+];
+
+export const consoleCases: LabCase[] = [
+  {
+    scenario: {
+      name: "virtio-console: hvc0 carries output to the terminal and terminal input to the guest",
+      // /dev/console only reaches hvc0 once init has loaded virtio_console, so the guest
+      // writes to /dev/hvc0 itself; the host's input waits in the device until then.
+      script: `(sleep 10; echo typed-on-the-host) | ${vesselRunCommand({
+        cmdline: `${DEFAULT_CMDLINE.replace("console=ttyS0", "console=hvc0")} vessel.exec=${Buffer.from(
+          // One open of hvc0 for the whole script: a tty's last close discards unread input.
+          'exec 3<>/dev/hvc0\necho "GUEST-CONSOLE $(cat /sys/class/tty/console/active)" >&3\ntimeout 40 head -n1 <&3 | sed "s/^/GUEST-GOT /" >&3',
+        ).toString("base64")}`,
+        extra: "--console virtio",
+      })}`,
+      timeoutSec: 300,
+    },
+    check: (r) => {
+      assert.equal(r.exitCode, 0);
+      assert.match(r.output, /GUEST-CONSOLE hvc0/);
+      assert.match(r.output, /GUEST-GOT typed-on-the-host/);
     },
   },
 ];

@@ -1,0 +1,609 @@
+// virtio-net (virtio 1.2 §5.1, device type 1) on a Linux TAP: one queue pair (receiveq 0,
+// transmitq 1). The guest's struct virtio_net_hdr_v1 and the TAP's vnet header are the same
+// 12 bytes, so checksum and segmentation offloads pass straight through, and frames move
+// with readv/writev between the TAP and guest RAM (iov.ts) with no copy; only the checked
+// transmit header is copied (tx.ts).
+//
+// Transmit: a notify on queue 1 pops at most `queueSize` chains per event-loop turn (the
+// rest is deferred with setImmediate), checks each, writes it to the TAP and returns it.
+//
+// Receive: the VMM's fd watcher calls us while the TAP is readable (level-triggered). We read
+// frames until EAGAIN, at most `queueSize` per call (the watcher calls again if more are
+// waiting). Receive chains are popped ahead into `#rxChains` and held until a frame fills
+// them: one chain per frame, or with VIRTIO_NET_F_MRG_RXBUF as many as a largest possible
+// frame needs (num_buffers says how many were used). When the guest has posted too few
+// buffers we stop watching the TAP, and frames wait in the kernel's TAP queue (bounded by
+// txqueuelen; the kernel drops and counts beyond it) until the guest posts buffers and
+// notifies queue 0, which resumes watching. So a guest that stops refilling costs nothing.
+//
+// TUNSETOFFLOAD is applied in activate(), from the receive offloads the driver accepted:
+// the kernel must never hand the guest a frame it cannot take.
+
+import { readFileSync } from "node:fs";
+import koffi from "koffi";
+import { errnoName } from "../../../host/errors.js";
+import type { GuestMemory } from "../../../memory/mod.js";
+import {
+  type DescriptorBuffer,
+  type DescriptorChain,
+  type QueueHandle,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_ID_NET,
+  type VirtioDevice,
+  type VirtioDeviceContext,
+} from "../../../virtio/device.js";
+import {
+  ETH_MAX_FRAME,
+  encodeNetConfig,
+  formatMac,
+  generateMac,
+  MAX_PACKET,
+  parseMac,
+  readConfigBytes,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_HDR_NUM_BUFFERS,
+  VIRTIO_NET_HDR_SIZE,
+} from "./config.js";
+import { IovecList } from "./iov.js";
+import { NetMetrics, type NetMetricsSnapshot } from "./metrics.js";
+import { type VirtioNetState, validateNetState } from "./state.js";
+import { EAGAIN, Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, validTapName } from "./tap.js";
+import { checkTxChain } from "./tx.js";
+
+export const RX_QUEUE = 0;
+export const TX_QUEUE = 1;
+export const DEFAULT_QUEUE_SIZE = 256;
+const MAX_QUEUE_SIZE = 32768;
+/** Log the first messages of each device in full, then one in LOG_EVERY (a guest can spam). */
+const LOG_BURST = 32;
+const LOG_EVERY = 1024;
+
+export interface VirtioNetOptions {
+  /** TAP interface name: created if missing (needs CAP_NET_ADMIN), attached to if it exists. */
+  tap: string;
+  /** Unicast MAC "52:54:00:12:34:56"; default 52:54:00 plus three random octets. */
+  mac?: string;
+  /** Call `onReady` on the main thread while `fd` is readable (the VMM's FdWatcher.addFd). */
+  watch: (fd: number, onReady: () => void) => void;
+  /** Stop calling back for `fd` (FdWatcher.removeFd). */
+  unwatch: (fd: number) => void;
+  /** Name for logs and metrics. Default "virtio-net". */
+  name?: string;
+  /** Maximum size of each queue (a power of two, 2..32768). Default 256. */
+  queueSize?: number;
+  /** Where refusals and TAP errors are reported. Default: stderr. */
+  log?: (message: string) => void;
+  /** Run leftover transmit work later; default setImmediate. */
+  defer?: (fn: () => void) => void;
+}
+
+const bit = (n: bigint): bigint => 1n << n;
+const has = (features: bigint, n: bigint): boolean => (features & bit(n)) !== 0n;
+
+function cannot(what: string): string {
+  return `Cannot create virtio-net: ${what}`;
+}
+
+export class VirtioNet implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID_NET;
+  readonly name: string;
+  readonly features =
+    bit(VIRTIO_F_VERSION_1) |
+    bit(VIRTIO_F_INDIRECT_DESC) |
+    bit(VIRTIO_F_EVENT_IDX) |
+    bit(VIRTIO_NET_F_MAC) |
+    bit(VIRTIO_NET_F_STATUS) |
+    bit(VIRTIO_NET_F_MRG_RXBUF) |
+    bit(VIRTIO_NET_F_CSUM) |
+    bit(VIRTIO_NET_F_GUEST_CSUM) |
+    bit(VIRTIO_NET_F_HOST_TSO4) |
+    bit(VIRTIO_NET_F_HOST_TSO6) |
+    bit(VIRTIO_NET_F_GUEST_TSO4) |
+    bit(VIRTIO_NET_F_GUEST_TSO6);
+  readonly queueSizes: readonly number[];
+  /** The MAC in config space, "xx:xx:xx:xx:xx:xx". */
+  readonly mac: string;
+  readonly tapName: string;
+
+  #tap: Tap;
+  #watch: (fd: number, onReady: () => void) => void;
+  #unwatch: (fd: number) => void;
+  #log: (message: string) => void;
+  #defer: (fn: () => void) => void;
+  #logged = 0;
+  #metrics = new NetMetrics();
+  #configBytes: Uint8Array;
+  #queueSize: number;
+  #closed = false;
+  // Called by the VMM's watcher: nothing may escape into its epoll loop.
+  readonly #onReadable = (): void => {
+    try {
+      this.#receive();
+    } catch (e) {
+      this.#warn(`receive failed: ${String(e)}`);
+    }
+  };
+
+  // Transmit header scratch in memory koffi owns, so writev can point at it.
+  #hdrPtr: unknown;
+  #hdr: Uint8Array;
+  #hdrAddress: bigint;
+  #rxIov = new IovecList();
+  #txIov = new IovecList();
+
+  // Live state between activate() and reset().
+  #memory: GuestMemory | undefined;
+  #rxq: QueueHandle | undefined;
+  #txq: QueueHandle | undefined;
+  #features = 0n;
+  #mergeable = false;
+  /** Bytes of receive buffers to have in hand before reading: a largest possible frame. */
+  #rxWant = VIRTIO_NET_HDR_SIZE + ETH_MAX_FRAME;
+  #rxChains: DescriptorChain[] = [];
+  #rxBytes = 0;
+  #watching = false;
+  #txScheduled = false;
+  #generation = 0;
+
+  constructor(options: VirtioNetOptions) {
+    if (typeof options !== "object" || options === null) {
+      throw new TypeError(cannot("options must be an object"));
+    }
+    const { tap, watch, unwatch } = options;
+    if (typeof tap !== "string" || !validTapName(tap)) {
+      throw new TypeError(
+        cannot(`options.tap ${JSON.stringify(tap)} is not an interface name (1..15 characters)`),
+      );
+    }
+    let mac: Uint8Array;
+    if (options.mac === undefined) {
+      mac = generateMac();
+    } else {
+      const parsed = typeof options.mac === "string" ? parseMac(options.mac) : undefined;
+      if (!parsed) {
+        throw new TypeError(
+          cannot(
+            `options.mac ${JSON.stringify(options.mac)} is not a unicast MAC address like 52:54:00:12:34:56`,
+          ),
+        );
+      }
+      mac = parsed;
+    }
+    if (typeof watch !== "function")
+      throw new TypeError(cannot("options.watch must be a function"));
+    if (typeof unwatch !== "function") {
+      throw new TypeError(cannot("options.unwatch must be a function"));
+    }
+    const name = options.name ?? "virtio-net";
+    if (typeof name !== "string" || name.length === 0) {
+      throw new TypeError(cannot("options.name must be a non-empty string"));
+    }
+    const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+    if (
+      !Number.isSafeInteger(queueSize) ||
+      queueSize < 2 ||
+      queueSize > MAX_QUEUE_SIZE ||
+      (queueSize & (queueSize - 1)) !== 0
+    ) {
+      throw new RangeError(
+        cannot(`options.queueSize ${queueSize} is not a power of two in 2..32768`),
+      );
+    }
+    const log = options.log ?? ((m: string) => process.stderr.write(`${m}\n`));
+    if (typeof log !== "function") throw new TypeError(cannot("options.log must be a function"));
+
+    this.name = name;
+    this.tapName = tap;
+    this.mac = formatMac(mac);
+    this.queueSizes = [queueSize, queueSize];
+    this.#queueSize = queueSize;
+    this.#watch = watch;
+    this.#unwatch = unwatch;
+    this.#log = log;
+    this.#defer = options.defer ?? ((fn) => setImmediate(fn));
+    this.#configBytes = encodeNetConfig(mac, true);
+    this.#hdrPtr = koffi.alloc("uint8_t", VIRTIO_NET_HDR_SIZE);
+    this.#hdr = new Uint8Array(koffi.view(this.#hdrPtr, VIRTIO_NET_HDR_SIZE));
+    this.#hdrAddress = koffi.address(this.#hdrPtr);
+    try {
+      this.#tap = Tap.open(tap);
+    } catch (e) {
+      koffi.free(this.#hdrPtr);
+      throw e;
+    }
+  }
+
+  /** Recreate a device from a snapshot's state, reattaching to its TAP by name. */
+  static fromState(
+    state: unknown,
+    extra: Pick<VirtioNetOptions, "watch" | "unwatch"> & Partial<VirtioNetOptions>,
+  ): VirtioNet {
+    const s = validateNetState(state);
+    return new VirtioNet({
+      ...extra,
+      tap: s.tap,
+      mac: s.mac,
+      name: s.name,
+      queueSize: s.queueSize,
+    });
+  }
+
+  state(): VirtioNetState {
+    return {
+      version: 1,
+      name: this.name,
+      tap: this.tapName,
+      mac: this.mac,
+      queueSize: this.#queueSize,
+    };
+  }
+
+  /** A copy of the counters. */
+  metrics(): NetMetricsSnapshot {
+    return this.#metrics.snapshot();
+  }
+
+  /** The TAP's fd (for tests and diagnostics); -1 once closed. */
+  get tapFd(): number {
+    return this.#tap.fd;
+  }
+
+  /** True while the device asks the watcher for TAP readiness. */
+  get watching(): boolean {
+    return this.#watching;
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    readConfigBytes(this.#configBytes, offset, data);
+  }
+
+  writeConfig(offset: number, data: Uint8Array): void {
+    // GUEST-CONTROLLED: mac is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR; ignored.
+    this.#metrics.configWrites++;
+    this.#warn(`config write of ${data.length} bytes at ${offset} ignored (read-only)`);
+  }
+
+  activate(ctx: VirtioDeviceContext): void {
+    this.#generation++;
+    if (this.#closed) {
+      this.#warn("activated after close");
+      ctx.needsReset(`${this.name} is closed`);
+      return;
+    }
+    const rxq = ctx.queues[RX_QUEUE];
+    const txq = ctx.queues[TX_QUEUE];
+    if (!rxq || !txq) {
+      this.#warn("activated without both queues");
+      ctx.needsReset(`${this.name} needs a receive and a transmit queue`);
+      return;
+    }
+    const f = ctx.features;
+    // The spec ties GUEST_TSO* to GUEST_CSUM (§5.1.3.1); a driver that breaks the rule gets
+    // no segmentation offload rather than frames it may mishandle.
+    let offload = 0;
+    if (has(f, VIRTIO_NET_F_GUEST_CSUM)) {
+      offload |= TUN_F_CSUM;
+      if (has(f, VIRTIO_NET_F_GUEST_TSO4)) offload |= TUN_F_TSO4;
+      if (has(f, VIRTIO_NET_F_GUEST_TSO6)) offload |= TUN_F_TSO6;
+    }
+    try {
+      this.#tap.setOffload(offload);
+    } catch (e) {
+      // The TAP keeps plain frames (the offloads set at open are none), which any driver takes.
+      this.#metrics.tapErrors++;
+      this.#warn(String(e instanceof Error ? e.message : e));
+      offload = 0;
+    }
+    this.#memory = ctx.memory;
+    this.#rxq = rxq;
+    this.#txq = txq;
+    this.#features = f;
+    this.#mergeable = has(f, VIRTIO_NET_F_MRG_RXBUF);
+    this.#rxWant =
+      VIRTIO_NET_HDR_SIZE +
+      ((offload & (TUN_F_TSO4 | TUN_F_TSO6)) !== 0
+        ? MAX_PACKET - VIRTIO_NET_HDR_SIZE
+        : ETH_MAX_FRAME);
+    this.#rxChains = [];
+    this.#rxBytes = 0;
+    this.#startWatching();
+  }
+
+  queueNotify(index: number): void {
+    try {
+      // GUEST-CONTROLLED: the queue index written to QueueNotify.
+      if (index === RX_QUEUE && this.#rxq) {
+        // New receive buffers: take frames now, and watch again if we had stopped.
+        this.#receive();
+      } else if (index === TX_QUEUE && this.#txq) {
+        this.#transmit();
+      } else {
+        this.#metrics.invalidNotifies++;
+        this.#warn(`notify for queue ${index} ignored`);
+      }
+    } catch (e) {
+      // Nothing below should throw; if something does, the vCPU must not see it.
+      this.#warn(`queue processing failed: ${String(e)}`);
+    }
+  }
+
+  reset(): void {
+    this.#generation++;
+    this.#stopWatching();
+    this.#memory = undefined;
+    this.#rxq = undefined;
+    this.#txq = undefined;
+    this.#features = 0n;
+    this.#rxChains = [];
+    this.#rxBytes = 0;
+  }
+
+  /** Reset, stop watching and close the TAP (a TAP we created disappears). Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.reset();
+    this.#tap.close();
+    koffi.free(this.#hdrPtr);
+  }
+
+  /**
+   * Frames the kernel dropped because its TAP queue was full (the guest was not taking them):
+   * the TAP's tx_dropped from sysfs, or undefined when unreadable.
+   */
+  hostQueueDropped(): number | undefined {
+    try {
+      const text = readFileSync(`/sys/class/net/${this.tapName}/statistics/tx_dropped`, "utf8");
+      const n = Number.parseInt(text, 10);
+      return Number.isSafeInteger(n) ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  #warn(message: string): void {
+    const n = ++this.#logged;
+    if (n <= LOG_BURST || n % LOG_EVERY === 0) {
+      try {
+        this.#log(`${this.name}: ${message}${n > LOG_BURST ? ` (${n} messages so far)` : ""}`);
+      } catch {
+        // A failing log sink must not take the device (or the VMM) down with it.
+      }
+    }
+  }
+
+  #startWatching(): void {
+    if (this.#watching || this.#closed || this.#tap.fd < 0) return;
+    try {
+      this.#watch(this.#tap.fd, this.#onReadable);
+      this.#watching = true;
+    } catch (e) {
+      this.#warn(`cannot watch TAP ${this.tapName}: ${String(e)}`);
+    }
+  }
+
+  #stopWatching(): void {
+    if (!this.#watching) return;
+    this.#watching = false;
+    try {
+      this.#unwatch(this.#tap.fd);
+    } catch (e) {
+      this.#warn(`cannot unwatch TAP ${this.tapName}: ${String(e)}`);
+    }
+  }
+
+  // ---- transmit ----
+
+  #transmit(): void {
+    const queue = this.#txq;
+    const memory = this.#memory;
+    if (!queue || !memory) return;
+    const m = this.#metrics;
+    let chains = this.#queueSize;
+    let more = false;
+    let used = false;
+    for (;;) {
+      if (chains === 0) {
+        more = true;
+        break;
+      }
+      if (queue.broken) break;
+      const chain = queue.pop();
+      if (!chain) break;
+      chains--;
+      const reason = checkTxChain(memory, chain, this.#features, this.#hdr);
+      if (reason === undefined && !this.#txIovFor(memory, chain)) {
+        m.txRefused++;
+        this.#warn(`transmit chain ${chain.head} refused: more than 1023 segments`);
+      } else if (reason !== undefined) {
+        m.txRefused++;
+        this.#warn(`transmit chain ${chain.head} refused: ${reason}`);
+      } else {
+        const n = this.#tap.writev(this.#txIov.iov, this.#txIov.count);
+        if (n >= 0) {
+          m.txFrames++;
+          m.txBytes += chain.readableLength - VIRTIO_NET_HDR_SIZE;
+        } else {
+          m.txDropped++;
+          if (-n !== EAGAIN) {
+            m.tapErrors++;
+            this.#warn(`TAP ${this.tapName}: writev failed: ${errnoName(-n)}`);
+          }
+        }
+      }
+      queue.pushUsed(chain.head, 0);
+      used = true;
+    }
+    if (used) queue.notifyIfNeeded();
+    if (more && !this.#txScheduled) {
+      m.txDeferred++;
+      this.#txScheduled = true;
+      const generation = this.#generation;
+      this.#defer(() => {
+        this.#txScheduled = false;
+        if (generation !== this.#generation) return;
+        try {
+          this.#transmit();
+        } catch (e) {
+          this.#warn(`deferred transmit failed: ${String(e)}`);
+        }
+      });
+    }
+  }
+
+  /** The checked header copy, then the chain's readable bytes after the guest's header. */
+  #txIovFor(memory: GuestMemory, chain: DescriptorChain): boolean {
+    const iov = this.#txIov;
+    iov.clear();
+    iov.addHost(this.#hdrAddress, VIRTIO_NET_HDR_SIZE);
+    let skip = VIRTIO_NET_HDR_SIZE;
+    for (const b of chain.readable) {
+      const k = Math.min(skip, b.length);
+      skip -= k;
+      if (!iov.addGuest(memory, b.address + k, b.length - k)) return false;
+    }
+    return true;
+  }
+
+  // ---- receive ----
+
+  #receive(): void {
+    const queue = this.#rxq;
+    const memory = this.#memory;
+    if (!queue || !memory) {
+      this.#stopWatching();
+      return;
+    }
+    const m = this.#metrics;
+    let used = false;
+    let watch = true;
+    try {
+      for (let frames = 0; frames < this.#queueSize; frames++) {
+        if (!this.#haveRxBuffers(queue)) {
+          m.rxNoBuffers++;
+          watch = false;
+          break;
+        }
+        const iov = this.#rxIovFor(memory);
+        const n = this.#tap.readv(iov.iov, iov.count);
+        if (n < 0) {
+          if (-n !== EAGAIN) {
+            // A persistent error would make a level-triggered watcher call us forever:
+            // stop until the guest next posts buffers.
+            m.tapErrors++;
+            this.#warn(`TAP ${this.tapName}: readv failed: ${errnoName(-n)}`);
+            watch = false;
+          }
+          break;
+        }
+        if (n > iov.bytes || n < VIRTIO_NET_HDR_SIZE) {
+          // Truncated (the TAP reports the full length) or nonsense: the buffers were only
+          // scribbled on, so they stay ours for the next frame.
+          m.rxDropped++;
+          this.#warn(`received frame of ${n} bytes dropped (${iov.bytes} bytes of buffers)`);
+          continue;
+        }
+        this.#deliver(memory, queue, n);
+        used = true;
+        m.rxFrames++;
+        m.rxBytes += n - VIRTIO_NET_HDR_SIZE;
+      }
+    } finally {
+      if (used) queue.notifyIfNeeded();
+      if (watch) this.#startWatching();
+      else this.#stopWatching();
+    }
+  }
+
+  /** Pop receive chains until a largest frame fits; false when the guest has too few posted. */
+  #haveRxBuffers(queue: QueueHandle): boolean {
+    let refusals = this.#queueSize;
+    for (;;) {
+      if (this.#mergeable ? this.#rxBytes >= this.#rxWant : this.#rxChains.length > 0) return true;
+      const chain = queue.broken ? undefined : queue.pop();
+      if (!chain) break;
+      // GUEST-CONTROLLED: receive chains must be device-writable only (§5.1.6.3) and hold
+      // at least a header (§5.1.6.3.1).
+      if (chain.readable.length > 0 || chain.writableLength < VIRTIO_NET_HDR_SIZE) {
+        this.#metrics.rxRefused++;
+        this.#warn(
+          `receive chain ${chain.head} refused: ${chain.readable.length > 0 ? "device-readable buffers" : `${chain.writableLength} bytes`}`,
+        );
+        queue.pushUsed(chain.head, 0);
+        if (--refusals === 0) break;
+        continue;
+      }
+      this.#rxChains.push(chain);
+      this.#rxBytes += chain.writableLength;
+    }
+    // Ring empty: with mergeable buffers, a full-size ordinary frame is enough to go on (only
+    // an offloaded giant could then be truncated); waiting for more could wait forever.
+    if (this.#mergeable) return this.#rxBytes >= VIRTIO_NET_HDR_SIZE + ETH_MAX_FRAME;
+    return this.#rxChains.length > 0;
+  }
+
+  #rxIovFor(memory: GuestMemory): IovecList {
+    const iov = this.#rxIov;
+    iov.clear();
+    const chains = this.#mergeable ? this.#rxChains : this.#rxChains.slice(0, 1);
+    outer: for (const chain of chains) {
+      for (const b of chain.writable) {
+        if (!iov.addGuest(memory, b.address, b.length)) break outer;
+      }
+      if (iov.bytes >= this.#rxWant) break;
+    }
+    return iov;
+  }
+
+  /** Return the chains holding an `n`-byte packet (header included), setting num_buffers. */
+  #deliver(memory: GuestMemory, queue: QueueHandle, n: number): void {
+    let left = n;
+    let count = 0;
+    while (left > 0 && count < this.#rxChains.length) {
+      const chain = this.#rxChains[count] as DescriptorChain;
+      left -= Math.min(left, chain.writableLength);
+      count++;
+    }
+    const first = this.#rxChains[0] as DescriptorChain;
+    // With VERSION_1 the header always has num_buffers; 1 without MRG_RXBUF (§5.1.6.4).
+    writeU16At(memory, first.writable, VIRTIO_NET_HDR_NUM_BUFFERS, count);
+    left = n;
+    for (let i = 0; i < count; i++) {
+      const chain = this.#rxChains[i] as DescriptorChain;
+      const k = Math.min(left, chain.writableLength);
+      queue.pushUsed(chain.head, k);
+      left -= k;
+      this.#rxBytes -= chain.writableLength;
+    }
+    this.#rxChains.splice(0, count);
+  }
+}
+
+/** Write a little-endian u16 at byte `offset` of a list of buffers (it may straddle two). */
+function writeU16At(
+  memory: GuestMemory,
+  buffers: readonly DescriptorBuffer[],
+  offset: number,
+  value: number,
+): void {
+  for (let j = 0; j < 2; j++) {
+    let at = offset + j;
+    for (const b of buffers) {
+      if (at < b.length) {
+        memory.writeU8(b.address + at, (value >> (8 * j)) & 0xff);
+        break;
+      }
+      at -= b.length;
+    }
+  }
+}
