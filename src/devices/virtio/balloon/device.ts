@@ -29,6 +29,7 @@ import {
   type VirtioDevice,
   type VirtioDeviceContext,
 } from "../../../virtio/device.js";
+import { GuestLog } from "../../../virtio/guest_log.js";
 import {
   BALLOON_CONFIG_SIZE,
   BALLOON_PAGE_SIZE,
@@ -52,8 +53,6 @@ export const BALLOON_PFNS_PER_TURN = 64 * 1024;
 /** Most bytes in a statistics buffer (Linux sends 16 entries, 160 bytes). */
 export const BALLOON_MAX_STATS_BYTES = 64 * STAT_ENTRY_BYTES;
 const MAX_U32 = 0xffff_ffff;
-const LOG_BURST = 32;
-const LOG_EVERY = 1024;
 
 export interface VirtioBalloonOptions {
   /** Name for logs and metrics. Default "virtio-balloon0". */
@@ -102,11 +101,10 @@ export class VirtioBalloon implements VirtioDevice {
     bit(VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
   readonly queueSizes: readonly number[];
 
-  readonly #log: (message: string) => void;
   readonly #defer: (fn: () => void) => void;
   readonly #pfnsPerTurn: number;
   readonly #metrics = new BalloonMetrics();
-  #logged = 0;
+  readonly #guestLog: GuestLog;
   readonly #config = new Uint8Array(BALLOON_CONFIG_SIZE);
   readonly #configView = new DataView(this.#config.buffer);
   /** PFN and stats buffers are copied here (once per chain) before they are parsed. */
@@ -155,7 +153,7 @@ export class VirtioBalloon implements VirtioDevice {
       throw new RangeError(cannot(`pfnsPerTurn ${pfnsPerTurn} is not a positive integer`));
     }
     this.name = name;
-    this.#log = log;
+    this.#guestLog = new GuestLog(this.name, log);
     this.#defer = options.defer ?? ((fn) => setImmediate(fn));
     this.#pfnsPerTurn = pfnsPerTurn;
     this.queueSizes = [queueSize, queueSize, queueSize];
@@ -498,13 +496,6 @@ export class VirtioBalloon implements VirtioDevice {
   }
 
   #warn(message: string): void {
-    const n = ++this.#logged;
-    if (n <= LOG_BURST || n % LOG_EVERY === 0) {
-      try {
-        this.#log(`${this.name}: ${message}${n > LOG_BURST ? ` (${n} messages so far)` : ""}`);
-      } catch {
-        // A failing log sink must not take the device (or the VMM) down with it.
-      }
-    }
+    this.#guestLog.warn(message);
   }
 }

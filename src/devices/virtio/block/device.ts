@@ -38,6 +38,7 @@ import {
   type VirtioDevice,
   type VirtioDeviceContext,
 } from "../../../virtio/device.js";
+import { GuestLog } from "../../../virtio/guest_log.js";
 import {
   type BlockConfig,
   blockConfig,
@@ -74,9 +75,6 @@ const MAX_QUEUE_SIZE = 32768;
 /** Chunk of guest RAM behind one Uint8Array view (guest_memory.ts caps views at 1 GiB). */
 const GUEST_VIEW_CHUNK = 1024 * 1024 * 1024;
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
-/** Log the first messages of each device in full, then one in LOG_EVERY (a guest can spam). */
-const LOG_BURST = 32;
-const LOG_EVERY = 1024;
 
 export interface VirtioBlockOptions {
   /** Raw image file; its size must be a positive multiple of 512 bytes. */
@@ -118,8 +116,7 @@ export class VirtioBlock implements VirtioDevice {
   #configBytes: Uint8Array;
   #id: Uint8Array;
   #maxInFlight: number;
-  #log: (message: string) => void;
-  #logged = 0;
+  readonly #guestLog: GuestLog;
   #metrics = new BlockMetrics();
 
   // Live state between activate() and reset().
@@ -193,7 +190,7 @@ export class VirtioBlock implements VirtioDevice {
     this.readOnly = readOnly;
     this.serial = serial;
     this.#fd = fd;
-    this.#log = log;
+    this.#guestLog = new GuestLog(this.name, log);
     this.#maxInFlight = queueSize;
     this.queueSizes = [queueSize];
     this.config = Object.freeze(blockConfig(size / SECTOR_SIZE, queueSize));
@@ -340,14 +337,7 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   #warn(message: string): void {
-    const n = ++this.#logged;
-    if (n <= LOG_BURST || n % LOG_EVERY === 0) {
-      try {
-        this.#log(`${this.name}: ${message}${n > LOG_BURST ? ` (${n} messages so far)` : ""}`);
-      } catch {
-        // A failing log sink must not take the device (or the VMM) down with it.
-      }
-    }
+    this.#guestLog.warn(message);
   }
 
   /** Pop and start requests while there is room in flight. */

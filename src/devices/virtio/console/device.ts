@@ -23,6 +23,7 @@ import {
   type VirtioDevice,
   type VirtioDeviceContext,
 } from "../../../virtio/device.js";
+import { GuestLog } from "../../../virtio/guest_log.js";
 import {
   CONSOLE_CONFIG_SIZE,
   OFF_COLS,
@@ -43,8 +44,6 @@ export const CONSOLE_INPUT_BACKLOG = 64 * 1024;
 export const CONSOLE_TX_BYTES_PER_TURN = 1024 * 1024;
 /** Copy size when a transmit buffer cannot be one zero-copy view (it crosses a 1 GiB view). */
 const SCRATCH_BYTES = 64 * 1024;
-const LOG_BURST = 32;
-const LOG_EVERY = 1024;
 
 export interface VirtioConsoleOptions {
   /** Receives guest output; the view is only valid during the call. */
@@ -89,11 +88,10 @@ export class VirtioConsole implements VirtioDevice {
   readonly queueSizes: readonly number[];
 
   readonly #out: (bytes: Uint8Array) => void;
-  readonly #log: (message: string) => void;
   readonly #defer: (fn: () => void) => void;
   readonly #txBudget: number;
   readonly #metrics = new ConsoleMetrics();
-  #logged = 0;
+  readonly #guestLog: GuestLog;
   #cols: number;
   #rows: number;
   readonly #config = new Uint8Array(CONSOLE_CONFIG_SIZE);
@@ -138,7 +136,7 @@ export class VirtioConsole implements VirtioDevice {
     }
     this.name = name;
     this.#out = options.out;
-    this.#log = log;
+    this.#guestLog = new GuestLog(this.name, log);
     this.#defer = options.defer ?? ((fn) => setImmediate(fn));
     this.#txBudget = positive(
       options.txBytesPerTurn ?? CONSOLE_TX_BYTES_PER_TURN,
@@ -421,13 +419,6 @@ export class VirtioConsole implements VirtioDevice {
   }
 
   #warn(message: string): void {
-    const n = ++this.#logged;
-    if (n <= LOG_BURST || n % LOG_EVERY === 0) {
-      try {
-        this.#log(`${this.name}: ${message}${n > LOG_BURST ? ` (${n} messages so far)` : ""}`);
-      } catch {
-        // A failing log sink must not take the device (or the VMM) down with it.
-      }
-    }
+    this.#guestLog.warn(message);
   }
 }

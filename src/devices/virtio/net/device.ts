@@ -34,6 +34,7 @@ import {
   type VirtioDevice,
   type VirtioDeviceContext,
 } from "../../../virtio/device.js";
+import { GuestLog } from "../../../virtio/guest_log.js";
 import {
   ETH_MAX_FRAME,
   encodeNetConfig,
@@ -64,9 +65,6 @@ export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
 export const DEFAULT_QUEUE_SIZE = 256;
 const MAX_QUEUE_SIZE = 32768;
-/** Log the first messages of each device in full, then one in LOG_EVERY (a guest can spam). */
-const LOG_BURST = 32;
-const LOG_EVERY = 1024;
 
 export interface VirtioNetOptions {
   /** TAP interface name: created if missing (needs CAP_NET_ADMIN), attached to if it exists. */
@@ -118,9 +116,8 @@ export class VirtioNet implements VirtioDevice {
   #tap: Tap;
   #watch: (fd: number, onReady: () => void) => void;
   #unwatch: (fd: number) => void;
-  #log: (message: string) => void;
   #defer: (fn: () => void) => void;
-  #logged = 0;
+  readonly #guestLog: GuestLog;
   #metrics = new NetMetrics();
   #configBytes: Uint8Array;
   #queueSize: number;
@@ -209,7 +206,7 @@ export class VirtioNet implements VirtioDevice {
     this.#queueSize = queueSize;
     this.#watch = watch;
     this.#unwatch = unwatch;
-    this.#log = log;
+    this.#guestLog = new GuestLog(this.name, log);
     this.#defer = options.defer ?? ((fn) => setImmediate(fn));
     this.#configBytes = encodeNetConfig(mac, true);
     this.#hdrPtr = koffi.alloc("uint8_t", VIRTIO_NET_HDR_SIZE);
@@ -372,14 +369,7 @@ export class VirtioNet implements VirtioDevice {
   }
 
   #warn(message: string): void {
-    const n = ++this.#logged;
-    if (n <= LOG_BURST || n % LOG_EVERY === 0) {
-      try {
-        this.#log(`${this.name}: ${message}${n > LOG_BURST ? ` (${n} messages so far)` : ""}`);
-      } catch {
-        // A failing log sink must not take the device (or the VMM) down with it.
-      }
-    }
+    this.#guestLog.warn(message);
   }
 
   #startWatching(): void {
