@@ -90,6 +90,8 @@ export class LabError extends Error {
 const QEMU = "qemu-system-x86_64";
 const DEFAULT_SCENARIO_TIMEOUT_SEC = 600;
 const BOOT_ALLOWANCE_SEC = 180;
+/** How long past its own timeout a scenario may run before L1 is taken to be wedged. */
+const WEDGE_MARGIN_SEC = 45;
 const SCENARIO_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 function findOnPath(cmd: string): string | null {
@@ -377,6 +379,19 @@ async function driveQemu(
     timedOut = true;
     child.kill("SIGKILL");
   }, overallSec * 1000);
+  // L1 enforces each scenario's timeout itself. When a scenario outlives its timeout by a
+  // margin, L1 is no longer running its own timers: QEMU's TCG has been seen to wedge a
+  // nested-SVM machine that way. Kill it now rather than waiting for the overall limit.
+  let wedged = -1;
+  const watchdog = setInterval(() => {
+    if (current < 0) return;
+    const limit =
+      (scenarios[current]?.timeoutSec ?? DEFAULT_SCENARIO_TIMEOUT_SEC) + WEDGE_MARGIN_SEC;
+    if (performance.now() - currentStart > limit * 1000) {
+      wedged = current;
+      child.kill("SIGKILL");
+    }
+  }, 2000);
   const exit = await new Promise<{ code: number | null; signal: string | null; error?: Error }>(
     (done) => {
       child.once("error", (error) => done({ code: null, signal: null, error }));
@@ -384,6 +399,7 @@ async function driveQemu(
     },
   );
   clearTimeout(timer);
+  clearInterval(watchdog);
   if (partial !== "") onLine(partial);
 
   const results: LabResult[] = [];
@@ -416,6 +432,13 @@ async function driveQemu(
   };
   if (exit.error !== undefined) {
     throw new LabError(`Cannot start ${QEMU}: ${exit.error.message}`, consoleLog, results);
+  }
+  if (wedged >= 0) {
+    throw new LabError(
+      `L1 stopped responding while running scenario "${scenarios[wedged]?.name}" (its own timeout did not fire); QEMU was killed${tail()}`,
+      consoleLog,
+      results,
+    );
   }
   if (timedOut) {
     const where =

@@ -59,7 +59,7 @@ function bootCase(cpus: number): LabCase {
         'echo "GUEST-CPUS=$(nproc) ONLINE=$(cat /sys/devices/system/cpu/online)"',
         { cpus },
       ),
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /VESSEL-INIT-READY/, "the guest's init never ran");
@@ -96,7 +96,7 @@ export const labCases: LabCase[] = [
       // /dev/kvm in the direct suite; Linux guests in the lab are kicked out of halt, not
       // out of a spin, and stop fine.
       script: `VESSEL_NO_SPIN_KICK=lab node --test ${shQuote(`${ROOT}dist/tests/direct_kvm_test.js`)}`,
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.equal(r.exitCode, 0, r.output);
@@ -112,7 +112,7 @@ export const labCases: LabCase[] = [
     scenario: {
       name: "a reboot request from the guest ends the run with exit code 2",
       script: vesselRunExec("reboot -f", { cpus: 1 }),
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /vessel: guest requested a reboot/);
@@ -123,7 +123,7 @@ export const labCases: LabCase[] = [
     scenario: {
       name: "the ACPI power button (kill -PWR) shuts the guest down cleanly",
       script: powerButtonScript(),
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /VESSEL-INIT-READY/);

@@ -41,7 +41,7 @@ for f in big.bin small.txt; do
   echo "HOST-SUM $(debugfs -R "cat /$f" "$img" 2>/dev/null | sha256sum | cut -d' ' -f1)  $f"
 done
 `,
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /VESSEL-RC=0/);
@@ -69,7 +69,7 @@ echo "VESSEL-RC=$?"
 after=$(sha256sum "$img" | cut -d' ' -f1)
 [ "$before" = "$after" ] && echo IMAGE-UNCHANGED
 `,
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /VESSEL-RC=0/);
@@ -89,7 +89,7 @@ after=$(sha256sum "$img" | cut -d' ' -f1)
         'cat /sys/class/misc/hw_random/rng_current | sed "s/^/GUEST-RNG /"; head -c 4096 /dev/hwrng | wc -c | sed "s/^/GUEST-RNG-BYTES /"',
         { cpus: 1, extra: "--rng" },
       ),
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /GUEST-RNG virtio_rng/);
@@ -132,7 +132,7 @@ wait $recv
 cat /tmp/vessel-tcp.out
 ip link del vtap0
 `,
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /VESSEL-RC=0/);
@@ -175,7 +175,7 @@ wait $pid
 echo "VESSEL-RC=$?"
 cat "$out"
 `,
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.match(r.output, /VESSEL-RC=0/);
@@ -209,7 +209,7 @@ export const consoleCases: LabCase[] = [
         ).toString("base64")}`,
         extra: "--console virtio",
       })}`,
-      timeoutSec: 300,
+      timeoutSec: 180,
     },
     check: (r) => {
       assert.equal(r.exitCode, 0);
