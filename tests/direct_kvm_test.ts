@@ -201,15 +201,7 @@ test("MMIO to nowhere reads all-ones, writes are dropped, and the GED answers", 
   assert.ok((r.stats.exits.mmio ?? 0) >= 3);
 });
 
-test("a guest spinning with interrupts off is stopped promptly by a kick", {
-  // Set only by the lab case that reruns this suite inside L1 (see tests/lab/cases.ts):
-  // there, kicking a vCPU spinning in guest mode can wedge L1 under QEMU's TCG. On this
-  // machine's /dev/kvm, where the suite is required to pass, the test always runs.
-  skip:
-    process.env.VESSEL_NO_SPIN_KICK === "lab"
-      ? "not run inside the lab (QEMU TCG nested SVM)"
-      : false,
-}, async () => {
+test("a guest spinning with interrupts off is stopped promptly by a kick", async () => {
   const started = performance.now();
   const r = await runGuest("cli\n1: jmp 1b\n", {
     cpus: 2,

@@ -87,24 +87,6 @@ export const labCases: LabCase[] = [
       assert.match(r.output, /LAB-KVM-OK/);
     },
   },
-  {
-    scenario: {
-      name: "the direct-KVM test guests pass on real KVM",
-      // All but the spinning-guest kick test: kicking a vCPU that spins in guest mode has
-      // twice wedged L1 itself under QEMU's TCG emulation of nested SVM (L1's own timers
-      // stop; the scenario timeout cannot fire). That test runs on this machine's
-      // /dev/kvm in the direct suite; Linux guests in the lab are kicked out of halt, not
-      // out of a spin, and stop fine.
-      script: `VESSEL_NO_SPIN_KICK=lab node --test ${shQuote(`${ROOT}dist/tests/direct_kvm_test.js`)}`,
-      timeoutSec: 180,
-    },
-    check: (r) => {
-      assert.equal(r.exitCode, 0, r.output);
-      assert.match(r.output, /# fail 0/);
-      assert.match(r.output, /# pass 11/, "every direct test but the spinning kick must run");
-      assert.match(r.output, /# skipped 1/);
-    },
-  },
   bootCase(1),
   bootCase(2),
   bootCase(4),
