@@ -92,6 +92,11 @@ mount -t devtmpfs devtmpfs /host/dev || fatal "cannot mount /host/dev"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o ptmxmode=0666 devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
+# Keep the host's /tmp and /run reachable before fresh tmpfs hide them: a checkout that
+# lives there (CI clones into temporary directories) is bound back in below.
+mkdir -p /orig-tmp /orig-run
+mount --bind /host/tmp /orig-tmp
+mount --bind /host/run /orig-run
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fatal "cannot mount /host/tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || fatal "cannot mount /host/run"
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup || fatal "cannot mount cgroup2"
@@ -100,6 +105,11 @@ for c in cpu memory io cpuset pids; do
 done
 share=$(cat /lab/${LAB_CONTROL_DIR}/share-path)
 mkdir -p "/host$share" && mount --bind /lab "/host$share" || fatal "cannot bind the lab share at $share"
+cwd=$(cat /lab/${LAB_CONTROL_DIR}/cwd-path 2>/dev/null)
+case "$cwd" in
+  /tmp/*) mkdir -p "/host$cwd" && mount --bind "/orig-tmp\${cwd#/tmp}" "/host$cwd" || fatal "cannot bind $cwd" ;;
+  /run/*) mkdir -p "/host$cwd" && mount --bind "/orig-run\${cwd#/run}" "/host$cwd" || fatal "cannot bind $cwd" ;;
+esac
 echo "${MARK.ready} uptime=$(cut -d" " -f1 /proc/uptime)"
 sh /lab/${LAB_CONTROL_DIR}/run.sh
 power_off

@@ -266,6 +266,8 @@ export async function runInLab(scenarios: LabScenario[], opts: LabOptions = {}):
     const cwd = resolve(opts.cwd ?? process.cwd());
     const term = opts.interactive ? (process.env.TERM ?? "vt100") : null;
     await writeFile(join(ctl, "share-path"), share);
+    // The scenarios' working directory, bound into L1 when it lives under /tmp or /run.
+    await writeFile(join(ctl, "cwd-path"), resolve(opts.cwd ?? process.cwd()));
     for (const [i, s] of scenarios.entries()) {
       await writeFile(join(ctl, `s${i}.sh`), scenarioScript(s, share, cwd, term));
     }
