@@ -22,4 +22,13 @@ export class GuestLog {
       // A failing log sink must not take the device down with it.
     }
   }
+
+  /** Run queue processing; anything it throws is logged here instead of reaching a vCPU. */
+  guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.warn(`queue processing failed: ${String(e)}`);
+    }
+  }
 }

@@ -15,3 +15,14 @@ test("the first 32 messages are logged, then one in 1024; a throwing sink is con
   });
   assert.doesNotThrow(() => bad.warn("x"));
 });
+
+test("guard() logs what queue processing throws instead of passing it on", () => {
+  const seen: string[] = [];
+  const log = new GuestLog("dev2", (m) => seen.push(m));
+  assert.doesNotThrow(() =>
+    log.guard(() => {
+      throw new Error("boom");
+    }),
+  );
+  assert.deepEqual(seen, ["dev2: queue processing failed: Error: boom"]);
+});

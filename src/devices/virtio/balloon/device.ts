@@ -488,11 +488,7 @@ export class VirtioBalloon implements VirtioDevice {
 
   // Nothing in the device should throw; if something does, the vCPU must not see it.
   #guard(fn: () => void): void {
-    try {
-      fn();
-    } catch (e) {
-      this.#warn(`queue processing failed: ${String(e)}`);
-    }
+    this.#guestLog.guard(fn);
   }
 
   #warn(message: string): void {

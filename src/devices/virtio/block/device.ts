@@ -39,6 +39,7 @@ import {
   type VirtioDeviceContext,
 } from "../../../virtio/device.js";
 import { GuestLog } from "../../../virtio/guest_log.js";
+import { commonDeviceOptions } from "../../../virtio/options.js";
 import {
   type BlockConfig,
   blockConfig,
@@ -71,7 +72,6 @@ import {
 import { type VirtioBlockState, validateBlockState } from "./state.js";
 
 export const DEFAULT_QUEUE_SIZE = 256;
-const MAX_QUEUE_SIZE = 32768;
 /** Chunk of guest RAM behind one Uint8Array view (guest_memory.ts caps views at 1 GiB). */
 const GUEST_VIEW_CHUNK = 1024 * 1024 * 1024;
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
@@ -151,23 +151,11 @@ export class VirtioBlock implements VirtioDevice {
         ),
       );
     }
-    const name = options.name ?? "virtio-blk";
-    if (typeof name !== "string" || name.length === 0) {
-      throw new TypeError(cannot("options.name must be a non-empty string"));
-    }
-    const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
-    if (
-      !Number.isSafeInteger(queueSize) ||
-      queueSize < 2 ||
-      queueSize > MAX_QUEUE_SIZE ||
-      (queueSize & (queueSize - 1)) !== 0
-    ) {
-      throw new RangeError(
-        cannot(`options.queueSize ${queueSize} is not a power of two in 2..32768`),
-      );
-    }
-    const log = options.log ?? ((m: string) => process.stderr.write(`${m}\n`));
-    if (typeof log !== "function") throw new TypeError(cannot("options.log must be a function"));
+    const { name, queueSize, log } = commonDeviceOptions(
+      options,
+      { name: "virtio-blk", queueSize: DEFAULT_QUEUE_SIZE },
+      cannot,
+    );
 
     const fd = openImage(path, readOnly);
     let size: number;

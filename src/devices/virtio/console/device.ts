@@ -411,11 +411,7 @@ export class VirtioConsole implements VirtioDevice {
 
   // Nothing in the device should throw; if something does, the vCPU must not see it.
   #guard(fn: () => void): void {
-    try {
-      fn();
-    } catch (e) {
-      this.#warn(`queue processing failed: ${String(e)}`);
-    }
+    this.#guestLog.guard(fn);
   }
 
   #warn(message: string): void {

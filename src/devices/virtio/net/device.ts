@@ -35,6 +35,7 @@ import {
   type VirtioDeviceContext,
 } from "../../../virtio/device.js";
 import { GuestLog } from "../../../virtio/guest_log.js";
+import { commonDeviceOptions } from "../../../virtio/options.js";
 import {
   ETH_MAX_FRAME,
   encodeNetConfig,
@@ -64,7 +65,6 @@ import { checkTxChain } from "./tx.js";
 export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
 export const DEFAULT_QUEUE_SIZE = 256;
-const MAX_QUEUE_SIZE = 32768;
 
 export interface VirtioNetOptions {
   /** TAP interface name: created if missing (needs CAP_NET_ADMIN), attached to if it exists. */
@@ -181,23 +181,11 @@ export class VirtioNet implements VirtioDevice {
     if (typeof unwatch !== "function") {
       throw new TypeError(cannot("options.unwatch must be a function"));
     }
-    const name = options.name ?? "virtio-net";
-    if (typeof name !== "string" || name.length === 0) {
-      throw new TypeError(cannot("options.name must be a non-empty string"));
-    }
-    const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
-    if (
-      !Number.isSafeInteger(queueSize) ||
-      queueSize < 2 ||
-      queueSize > MAX_QUEUE_SIZE ||
-      (queueSize & (queueSize - 1)) !== 0
-    ) {
-      throw new RangeError(
-        cannot(`options.queueSize ${queueSize} is not a power of two in 2..32768`),
-      );
-    }
-    const log = options.log ?? ((m: string) => process.stderr.write(`${m}\n`));
-    if (typeof log !== "function") throw new TypeError(cannot("options.log must be a function"));
+    const { name, queueSize, log } = commonDeviceOptions(
+      options,
+      { name: "virtio-net", queueSize: DEFAULT_QUEUE_SIZE },
+      cannot,
+    );
 
     this.name = name;
     this.tapName = tap;
