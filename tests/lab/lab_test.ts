@@ -14,7 +14,11 @@ import {
 import { labCases as coreCases } from "./cases.js";
 import { balloonCases, consoleCases, netCases, virtioCases } from "./virtio_cases.js";
 
-const labCases = [...coreCases, ...virtioCases, ...consoleCases, ...netCases, ...balloonCases];
+const allCases = [...coreCases, ...virtioCases, ...consoleCases, ...netCases, ...balloonCases];
+// VESSEL_LAB_ONLY=REGEX runs only the cases whose names match: a developer's shortcut while
+// working on one device. CI never sets it, so the whole batch runs there.
+const only = process.env.VESSEL_LAB_ONLY ? new RegExp(process.env.VESSEL_LAB_ONLY) : undefined;
+const labCases = only ? allCases.filter((c) => only.test(c.scenario.name)) : allCases;
 
 /** Results by case index; filled across lab boots. */
 const results: (LabResult | undefined)[] = [];

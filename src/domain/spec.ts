@@ -1,0 +1,156 @@
+// The native domain spec: what a Vessel domain is, as a person writes it (YAML or JSON) and
+// as the daemon stores it. The schema (TypeBox, so it is JSON Schema too and the OpenAPI
+// document reuses it) is the one definition; `parseDomainSpec` checks a value against it and
+// against the rules a schema cannot say, and reports the first problem naming its field.
+// The importers (xl.cfg, libvirt XML, Firecracker JSON) all produce this shape.
+
+import { type Static, Type } from "@sinclair/typebox";
+import { Value } from "@sinclair/typebox/value";
+import { parse as parseYaml } from "yaml";
+
+/** What happens when the guest powers off, asks for a reboot, or crashes (xl.cfg's on_*). */
+export const LifecycleAction = Type.Union(
+  [Type.Literal("destroy"), Type.Literal("restart"), Type.Literal("preserve")],
+  { description: "destroy: stop it; restart: start it again; preserve: keep it for inspection" },
+);
+export type LifecycleAction = Static<typeof LifecycleAction>;
+
+/** A size: bytes as an integer, or text with a unit ("512M", "2G", "1048576K"). */
+export const Size = Type.Union([
+  Type.Integer({ minimum: 1, description: "bytes" }),
+  Type.String({ pattern: "^\\s*\\d+\\s*[KkMmGgTt]?(?:i?[Bb])?\\s*$", description: "e.g. 512M" }),
+]);
+
+export const DOMAIN_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$";
+
+export const DiskSpec = Type.Object(
+  {
+    path: Type.String({ minLength: 1, description: "raw image file on the host" }),
+    readOnly: Type.Optional(Type.Boolean()),
+    serial: Type.Optional(Type.String({ maxLength: 20, description: "virtio-blk serial ID" })),
+  },
+  { additionalProperties: false },
+);
+
+export const NetSpec = Type.Object(
+  {
+    tap: Type.String({ pattern: "^[A-Za-z0-9_.-]{1,15}$", description: "TAP interface name" }),
+    mac: Type.Optional(Type.String({ pattern: "^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$" })),
+  },
+  { additionalProperties: false },
+);
+
+export const DomainSpec = Type.Object(
+  {
+    name: Type.String({ pattern: DOMAIN_NAME_PATTERN }),
+    uuid: Type.Optional(
+      Type.String({
+        pattern: "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+      }),
+    ),
+    memory: Size,
+    /** Ceiling for the balloon (xl's maxmem, libvirt's memory when currentMemory is lower). */
+    maxMemory: Type.Optional(Size),
+    vcpus: Type.Integer({ minimum: 1, maximum: 254 }),
+    kernel: Type.String({ minLength: 1, description: "bzImage or ELF vmlinux (PVH)" }),
+    initrd: Type.Optional(Type.String({ minLength: 1 })),
+    cmdline: Type.Optional(Type.String({ maxLength: 4096 })),
+    disks: Type.Optional(Type.Array(DiskSpec, { maxItems: 8 })),
+    nets: Type.Optional(Type.Array(NetSpec, { maxItems: 4 })),
+    console: Type.Optional(Type.Union([Type.Literal("serial"), Type.Literal("virtio")])),
+    rng: Type.Optional(Type.Boolean()),
+    balloon: Type.Optional(Type.Boolean()),
+    onPoweroff: Type.Optional(LifecycleAction),
+    onReboot: Type.Optional(LifecycleAction),
+    onCrash: Type.Optional(LifecycleAction),
+    autostart: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false, $id: "DomainSpec" },
+);
+export type DomainSpec = Static<typeof DomainSpec>;
+
+/** A spec problem: `field` is a JSON-pointer-like path ("disks/0/path"). */
+export class SpecError extends Error {
+  readonly code = "INVALID_SPEC";
+  constructor(
+    readonly field: string,
+    problem: string,
+  ) {
+    super(field ? `${field}: ${problem}` : problem);
+    this.name = "SpecError";
+  }
+}
+
+const UNIT: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+
+/** Bytes of a Size (already schema-checked); plain numbers in text are bytes. */
+export function sizeBytes(field: string, size: number | string): number {
+  if (typeof size === "number") return size;
+  const m = /^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(size);
+  if (!m) throw new SpecError(field, `"${size}" is not a size (use e.g. 512M)`);
+  const bytes = Number(m[1]) * (UNIT[(m[2] ?? "").toLowerCase()] ?? 1);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new SpecError(field, "out of range");
+  return bytes;
+}
+
+/** Check `value` (parsed JSON/YAML) and return it as a DomainSpec, or throw SpecError. */
+export function parseDomainSpec(value: unknown): DomainSpec {
+  const first = Value.Errors(DomainSpec, value).First();
+  if (first) {
+    const field = first.path.replace(/^\//, "");
+    throw new SpecError(field || "spec", describeProblem(value, field, first.message));
+  }
+  const spec = value as DomainSpec;
+  const memory = sizeBytes("memory", spec.memory);
+  if (memory % 4096 !== 0) throw new SpecError("memory", "must be a multiple of 4 KiB");
+  if (memory < 16 * 2 ** 20) throw new SpecError("memory", "too little memory (at least 16M)");
+  if (spec.maxMemory !== undefined && sizeBytes("maxMemory", spec.maxMemory) < memory)
+    throw new SpecError("maxMemory", "is below memory");
+  return spec;
+}
+
+function describeProblem(value: unknown, field: string, message: string): string {
+  if (field === "") return "expected an object with name, memory, vcpus and kernel";
+  const parts = field.split("/");
+  let parent: unknown = value;
+  for (const p of parts.slice(0, -1)) parent = (parent as Record<string, unknown>)?.[p];
+  const key = parts[parts.length - 1] ?? "";
+  if (typeof parent === "object" && parent !== null && !(key in parent)) return "required";
+  if (message.startsWith("Unexpected property")) return "unknown key (not part of the domain spec)";
+  // TypeBox reports a union mismatch without saying what would do; say it.
+  if (/^(memory|maxMemory)$/.test(field)) return "expected bytes or a size like 512M";
+  if (/^on(Poweroff|Reboot|Crash)$/.test(field))
+    return "expected one of destroy, restart, preserve";
+  if (field === "console") return "expected serial or virtio";
+  return message.charAt(0).toLowerCase() + message.slice(1);
+}
+
+/** Parse a native spec file's text: JSON or YAML (YAML is a superset; errors name the line). */
+export function parseDomainSpecText(text: string, source = "spec"): DomainSpec {
+  let value: unknown;
+  try {
+    value = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (e) {
+    const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    throw new SpecError("", `${source}: not valid YAML or JSON: ${msg}`);
+  }
+  return parseDomainSpec(value);
+}
+
+/** The spec with defaults filled in, as the VMM process is started from it. */
+export function withDefaults(
+  spec: DomainSpec,
+): Required<Omit<DomainSpec, "uuid" | "maxMemory" | "initrd" | "cmdline">> & DomainSpec {
+  return {
+    disks: [],
+    nets: [],
+    console: "serial",
+    rng: false,
+    balloon: false,
+    onPoweroff: "destroy",
+    onReboot: "restart",
+    onCrash: "destroy",
+    autostart: false,
+    ...spec,
+  };
+}
