@@ -1,5 +1,5 @@
-// Host bindings: libc and the /dev/kvm ioctls. Everything above this layer reaches the
-// kernel only through these exports.
+// Host bindings: libc, the /dev/kvm ioctls and /dev/vhost-net. Everything above this layer
+// reaches the kernel only through these exports.
 
 export { hostKvmCanBootLinux } from "./capability.js";
 export { FdWatcher } from "./epoll.js";
@@ -7,3 +7,5 @@ export * from "./errors.js";
 export * from "./kvm.js";
 export * as abi from "./kvm_abi.js";
 export * as libc from "./libc.js";
+export { VHOST_NET_PATH, VhostNet } from "./vhost.js";
+export * as vhostAbi from "./vhost_abi.js";
