@@ -70,6 +70,43 @@ export interface VirtioDeviceContext {
   features: bigint;
   /** Ask the transport to set DEVICE_NEEDS_RESET (§2.1.2) after an unrecoverable error. */
   needsReset(reason: string): void;
+  /** For a device whose rings a host kernel backend serves (vhost); absent in plain tests. */
+  offload?: QueueOffload;
+}
+
+/** Where the driver put one queue's rings, in guest-physical addresses (§2.7). */
+export interface RingLayout {
+  size: number;
+  descTable: number;
+  availRing: number;
+  usedRing: number;
+}
+
+/**
+ * What a transport gives a device that hands its rings to a host kernel backend (vhost):
+ * the backend reads and writes the rings itself, is woken by the eventfd KVM signals on the
+ * driver's notify, and decides itself when the driver wants an interrupt (EVENT_IDX,
+ * NO_INTERRUPT). Valid for one activation, like the queue handles.
+ */
+export interface QueueOffload {
+  /**
+   * Queue `index` as the driver configured it: validated when it went ready (size a power
+   * of two within the maximum, each part aligned and wholly in guest RAM); undefined when
+   * the queue is not ready.
+   */
+  rings(index: number): RingLayout | undefined;
+  /**
+   * Take over queue `index`'s notifications: the eventfd KVM signals when the driver writes
+   * the queue's index to QueueNotify. The VMM stops watching it until the device is reset.
+   * Undefined when the transport has none (notifications then arrive as queueNotify()).
+   */
+  takeKickFd(index: number): number | undefined;
+  /**
+   * A used-buffer interrupt for queue `index` that the backend has decided on: no
+   * suppression check here (the backend applied the driver's), only InterruptStatus and the
+   * interrupt line.
+   */
+  usedBuffers(index: number): void;
 }
 
 /** A virtio device model. */

@@ -6,8 +6,9 @@
 // activates the device with per-activation queue handles (so a device finishing I/O after
 // a reset cannot touch the rings of the next session). Notifications arrive either as a
 // QueueNotify write or, when the VMM registers a KVM ioeventfd on notifyAddress() with
-// datamatch = queue index, through notifyFromEventfd() without a vCPU exit. Interrupts
-// are InterruptStatus bits plus an injected IrqLine. Every guest access is checked: a bad
+// datamatch = queue index, through that eventfd (useIoEventFd()) without a vCPU exit; a
+// device whose rings a kernel backend serves (vhost) may take such an eventfd over for one
+// activation (QueueOffload). Interrupts are InterruptStatus bits plus an injected IrqLine. Every guest access is checked: a bad
 // one is counted (stats()) and ignored, reads of nothing give 0, and nothing throws.
 
 import type { BusDevice, IrqLine } from "../devices/device.js";
@@ -15,6 +16,7 @@ import type { GuestMemory } from "../memory/mod.js";
 import {
   type DescriptorChain,
   type QueueHandle,
+  type QueueOffload,
   VIRTIO_F_VERSION_1,
   type VirtioDevice,
   type VirtioDeviceContext,
@@ -98,7 +100,15 @@ export interface VirtioMmioOptions {
   trigger?: "edge" | "level";
   /** Guest-physical base the VMM maps this transport at; needed for notifyAddress(). */
   base?: number;
+  /** Main-thread eventfd watching (the VMM's FdWatcher); needed for useIoEventFd(). */
+  eventFds?: EventFdWatch;
   log?: (message: string) => void;
+}
+
+/** Call `onReady` on the main thread each time eventfd `fd` is signalled; stop with remove. */
+export interface EventFdWatch {
+  add(fd: number, onReady: () => void): void;
+  remove(fd: number): void;
 }
 
 export interface VirtioMmioStats {
@@ -139,6 +149,7 @@ export class VirtioMmioTransport implements BusDevice {
   private readonly irq: IrqLine;
   private readonly level: boolean;
   private readonly base: number | undefined;
+  private readonly eventFdWatch: EventFdWatch | undefined;
   private readonly log: (message: string) => void;
   private readonly queues: Queue[];
   private readonly offered: bigint;
@@ -158,6 +169,9 @@ export class VirtioMmioTransport implements BusDevice {
   private activated = false;
   /** Bumped by every reset; handles and contexts from an older epoch are inert. */
   private epoch = 0;
+  /** Each queue's ioeventfd (useIoEventFd), and whether a device has taken it over. */
+  private readonly kickFds: (number | undefined)[];
+  private readonly kickTaken: boolean[];
 
   private readonly counters: Omit<VirtioMmioStats, "queues"> = {
     refusedStatus: 0,
@@ -184,6 +198,7 @@ export class VirtioMmioTransport implements BusDevice {
     this.irq = irq;
     this.level = options.trigger === "level";
     this.base = options.base;
+    this.eventFdWatch = options.eventFds;
     this.log = options.log ?? (() => {});
     this.offered = (device.features | (1n << VIRTIO_F_VERSION_1)) & 0xffff_ffff_ffff_ffffn;
     this.offeredLow = Number(this.offered & 0xffff_ffffn);
@@ -199,6 +214,8 @@ export class VirtioMmioTransport implements BusDevice {
           onBroken: (reason) => this.setNeedsReset(`queue ${index} broken: ${reason}`),
         }),
     );
+    this.kickFds = this.queues.map(() => undefined);
+    this.kickTaken = this.queues.map(() => false);
   }
 
   stats(): VirtioMmioStats {
@@ -227,6 +244,25 @@ export class VirtioMmioTransport implements BusDevice {
   /** The ioeventfd registered for `queue` fired (the guest wrote the index to QueueNotify). */
   notifyFromEventfd(queue: number): void {
     this.notify(queue);
+  }
+
+  /**
+   * `fd` is the ioeventfd the VMM registered for `queue` (see ioEventFds()): watch it and
+   * deliver its signals as notifications, unless a device takes it over (QueueOffload).
+   */
+  useIoEventFd(queue: number, fd: number): void {
+    const watch = this.eventFdWatch;
+    if (!watch) {
+      throw new TypeError(`Cannot watch ${this.name}'s ioeventfd: no eventFds watcher was given`);
+    }
+    if (!Number.isInteger(queue) || queue < 0 || queue >= this.queues.length) {
+      throw new RangeError(`Cannot use an ioeventfd for ${this.name}: no queue ${queue}`);
+    }
+    if (this.kickFds[queue] !== undefined) {
+      throw new RangeError(`Cannot use an ioeventfd for ${this.name}: queue ${queue} has one`);
+    }
+    watch.add(fd, () => this.notifyFromEventfd(queue));
+    this.kickFds[queue] = fd;
   }
 
   // ---- BusDevice ---------------------------------------------------------------------
@@ -520,6 +556,23 @@ export class VirtioMmioTransport implements BusDevice {
     const epoch = this.epoch;
     const features = this.driverFeatures;
     for (const q of this.queues) q.setFeatures(features);
+    const live = () => this.epoch === epoch;
+    const offload: QueueOffload = {
+      rings: (index) => {
+        const q = this.queues[index];
+        if (!live() || !q?.ready) return undefined;
+        return {
+          size: q.size,
+          descTable: q.descTable,
+          availRing: q.availRing,
+          usedRing: q.usedRing,
+        };
+      },
+      takeKickFd: (index) => (live() ? this.takeKickFd(index) : undefined),
+      usedBuffers: (index) => {
+        if (live() && this.queues[index]?.ready) this.raise(VIRTIO_MMIO_INT_VRING);
+      },
+    };
     const ctx: VirtioDeviceContext = {
       memory: this.memory,
       queues: this.queues.map((q) => new EpochQueueHandle(q, () => this.epoch === epoch)),
@@ -535,9 +588,28 @@ export class VirtioMmioTransport implements BusDevice {
       needsReset: (reason) => {
         if (this.epoch === epoch) this.setNeedsReset(reason);
       },
+      offload,
     };
     this.activated = true;
     this.guarded(() => this.device.activate(ctx));
+  }
+
+  private takeKickFd(index: number): number | undefined {
+    const fd = this.kickFds[index];
+    if (fd === undefined || this.kickTaken[index]) return undefined;
+    this.eventFdWatch?.remove(fd);
+    this.kickTaken[index] = true;
+    return fd;
+  }
+
+  // After a reset the backend that took an ioeventfd has let go of it: watch it again.
+  private returnKickFds(): void {
+    this.kickTaken.forEach((taken, index) => {
+      const fd = this.kickFds[index];
+      if (!taken || fd === undefined) return;
+      this.kickTaken[index] = false;
+      this.eventFdWatch?.add(fd, () => this.notifyFromEventfd(index));
+    });
   }
 
   private configChanged(): void {
@@ -580,6 +652,7 @@ export class VirtioMmioTransport implements BusDevice {
     this.epoch++;
     if (this.activated) this.guarded(() => this.device.reset());
     this.activated = false;
+    this.returnKickFds();
     this.status = 0;
     this.deviceFeaturesSel = 0;
     this.driverFeaturesSel = 0;

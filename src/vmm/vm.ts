@@ -325,6 +325,10 @@ export class Vm implements ExitHandler {
         memory: this.memory,
         irq: new IrqFdLine(irqFd),
         base,
+        eventFds: {
+          add: (fd, onReady) => this.watcher.addEventFd(fd, onReady),
+          remove: (fd) => this.watcher.removeFd(fd),
+        },
       });
       this.mmioBus.insert(base, VIRTIO_MMIO_REGION_SIZE, transport);
       for (const spec of transport.ioEventFds()) {
@@ -333,7 +337,7 @@ export class Vm implements ExitHandler {
         this.vmFd.ioeventfd(fd, BigInt(spec.address), spec.length, {
           datamatch: BigInt(spec.datamatch),
         });
-        this.watcher.addEventFd(fd, () => transport.notifyFromEventfd(spec.queue));
+        transport.useIoEventFd(spec.queue, fd);
       }
       this.transports.push(transport);
       return { base, size: VIRTIO_MMIO_REGION_SIZE, irq: gsi };
@@ -435,6 +439,9 @@ export class Vm implements ExitHandler {
   }
 
   close(): void {
+    // Devices stop first: a kernel backend (vhost) or I/O still in flight must not write
+    // into guest RAM once it is unmapped, where a later mapping could reuse the addresses.
+    for (const t of this.transports) t.reset();
     this.watcher.close();
     for (const fd of this.eventFds) libc.close(fd);
     for (const t of this.threads) t.close();
