@@ -1,4 +1,5 @@
-// Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]` (repeatable) and `--rng`.
+// Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]`, `--net tap=NAME[,mac=MAC]
+// [,vhost=on|off]` (both repeatable), `--rng`, `--balloon` and the virtio console.
 // Each value is checked here and turned into a device model; a mistake names the flag.
 
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
@@ -6,7 +7,7 @@ import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
 import { VirtioNet } from "../devices/virtio/net/mod.js";
 import { VirtioRng } from "../devices/virtio/rng/mod.js";
-import type { FdWatcher } from "../host/mod.js";
+import { type FdWatcher, HostError, VHOST_NET_PATH, VhostNet } from "../host/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
 import { UsageError } from "./args.js";
 
@@ -33,30 +34,29 @@ export function parseDisk(text: string): DiskSpec {
 export interface NetSpec {
   tap: string;
   mac?: string;
+  /** Let the kernel's vhost-net worker carry the frames (vhost=on). */
+  vhost: boolean;
 }
 
 /** Parse one --net value: tap=NAME[,mac=MAC][,vhost=on|off]. */
 export function parseNet(text: string): NetSpec {
   let tap: string | undefined;
   let mac: string | undefined;
+  let vhost = false;
   for (const opt of text.split(",")) {
     const [key, value] = opt.split("=", 2);
     if (key === "tap" && value) tap = value;
     else if (key === "mac" && value) mac = value;
-    else if (key === "vhost" && value === "off") continue;
-    else if (key === "vhost" && value === "on") {
+    else if (key === "vhost" && (value === "on" || value === "off")) vhost = value === "on";
+    else
       throw new UsageError(
-        `--net ${text}: vhost=on is not implemented yet; the user-space path is what works`,
-      );
-    } else
-      throw new UsageError(
-        `--net ${text}: unknown option "${opt}" (known: tap=NAME, mac=MAC, vhost=off)`,
+        `--net ${text}: unknown option "${opt}" (known: tap=NAME, mac=MAC, vhost=on|off)`,
       );
   }
   if (!tap) throw new UsageError(`--net ${text}: tap=NAME is required`);
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(tap))
     throw new UsageError(`--net ${text}: "${tap}" is not a valid interface name`);
-  return { tap, ...(mac !== undefined ? { mac } : {}) };
+  return { tap, vhost, ...(mac !== undefined ? { mac } : {}) };
 }
 
 export interface DeviceFlags {
@@ -66,6 +66,8 @@ export interface DeviceFlags {
   balloon: boolean;
   /** Output sink of a virtio-console (hvc0), when the console is virtio. */
   virtioConsoleOut?: (bytes: Uint8Array) => void;
+  /** Where vhost=on opens vhost-net; default /dev/vhost-net (tests point elsewhere). */
+  vhostNetPath?: string;
 }
 
 /** Open every device; on any failure close those already opened and report which flag. */
@@ -98,6 +100,12 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
           watch: (fd, onReady) => watcher.addFd(fd, onReady),
           unwatch: (fd) => watcher.removeFd(fd),
           ...(spec.mac !== undefined ? { mac: spec.mac } : {}),
+          ...(spec.vhost
+            ? {
+                vhost: openVhostNet(flags.vhostNetPath ?? VHOST_NET_PATH),
+                watchEventFd: (fd: number, onReady: () => void) => watcher.addEventFd(fd, onReady),
+              }
+            : {}),
         });
         opened.push(net);
         devices.push(net);
@@ -114,6 +122,17 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
   if (flags.virtioConsoleOut)
     devices.push(new VirtioConsole({ out: flags.virtioConsoleOut, name: "virtio-console0" }));
   return devices;
+}
+
+function openVhostNet(path: string): VhostNet {
+  try {
+    return VhostNet.open(path);
+  } catch (e) {
+    if (e instanceof HostError && e.code === "ENOENT") {
+      throw new Error(`vhost=on needs ${path}, which this host lacks (modprobe vhost_net)`);
+    }
+    throw e;
+  }
 }
 
 export async function closeDevices(devices: readonly VirtioDevice[]): Promise<void> {

@@ -5,6 +5,7 @@ import { statSync } from "node:fs";
 import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
+import { VirtioNet } from "../devices/virtio/net/mod.js";
 import {
   FdWatcher,
   HostError,
@@ -212,17 +213,18 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   }
   await control?.close();
   const stats = vm.stats();
+  const perDevice = deviceStats(vm, devices);
   vm.close();
   await closeDevices(devices);
   if (flags.json) {
     process.stderr.write(
-      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], setupMs, stats })}\n`,
+      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], setupMs, stats, devices: perDevice })}\n`,
     );
   } else {
     process.stderr.write(`\nvessel: ${describeOutcome(outcome)}\n`);
     if (flags.stats)
       process.stderr.write(
-        `VMM set-up before the first guest instruction: ${setupMs} ms\n${formatStats(stats)}`,
+        `VMM set-up before the first guest instruction: ${setupMs} ms\n${formatStats(stats)}${formatNetStats(perDevice)}`,
       );
   }
   return OUTCOME_EXIT_CODE[outcome.kind];
@@ -234,11 +236,29 @@ function controlHandlers(vm: Vm, devices: readonly VirtioDevice[]): Record<strin
     "power-button": () => vm.pressPowerButton(),
     stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
     ...balloonHandlers(devices),
-    stats: () => ({
-      ...vm.stats(),
-      devices: vm.transports.map((t, i) => ({ name: devices[i]?.name, ...t.stats() })),
-    }),
+    stats: () => ({ ...vm.stats(), devices: deviceStats(vm, devices) }),
   };
+}
+
+/** Each device's transport counters, and for a net device its path and frame counters. */
+function deviceStats(vm: Vm, devices: readonly VirtioDevice[]) {
+  return vm.transports.map((t, i) => {
+    const d = devices[i];
+    const net = d instanceof VirtioNet ? { net: { backend: d.backend, ...d.metrics() } } : {};
+    return { name: d?.name, ...t.stats(), ...net };
+  });
+}
+
+/** One line per net device: which path carried the frames and what the VMM itself did. */
+function formatNetStats(perDevice: ReturnType<typeof deviceStats>): string {
+  let out = "";
+  for (const d of perDevice) {
+    if (!("net" in d)) continue;
+    const n = d.net;
+    const popped = d.queues.reduce((sum, q) => sum + q.popped, 0);
+    out += `${d.name}: ${n.backend} path; frames through the VMM: tx ${n.txFrames}, rx ${n.rxFrames}; chains popped by the VMM: ${popped}; vhost interrupts relayed: ${n.vhostInterrupts}, kicks relayed: ${n.vhostKicksRelayed}, errors: ${n.vhostErrors}\n`;
+  }
+  return out;
 }
 
 function balloonHandlers(devices: readonly VirtioDevice[]): Record<string, ControlHandler> {

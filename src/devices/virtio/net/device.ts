@@ -18,10 +18,15 @@
 //
 // TUNSETOFFLOAD is applied in activate(), from the receive offloads the driver accepted:
 // the kernel must never hand the guest a frame it cannot take.
+//
+// With `vhost` (vhost.ts) the kernel's vhost-net worker serves both rings instead: this
+// device then only negotiates, sets the TAP's offloads, starts vhost on activation and stops
+// it on reset, and relays the worker's interrupts; its frame counters stay at zero.
 
 import { readFileSync } from "node:fs";
 import koffi from "koffi";
 import { errnoName } from "../../../host/errors.js";
+import * as libc from "../../../host/libc.js";
 import type { GuestMemory } from "../../../memory/mod.js";
 import {
   type DescriptorBuffer,
@@ -61,6 +66,7 @@ import { NetMetrics, type NetMetricsSnapshot } from "./metrics.js";
 import { type VirtioNetState, validateNetState } from "./state.js";
 import { EAGAIN, Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, validTapName } from "./tap.js";
 import { checkTxChain } from "./tx.js";
+import { type EventFds, type VhostNetHandle, VhostNetPath, vhostOffer } from "./vhost.js";
 
 export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
@@ -83,7 +89,22 @@ export interface VirtioNetOptions {
   log?: (message: string) => void;
   /** Run leftover transmit work later; default setImmediate. */
   defer?: (fn: () => void) => void;
+  /**
+   * An open /dev/vhost-net (src/host's VhostNet) to serve the rings in the kernel; the device
+   * owns it from here on, and closes it on failure too. Needs `watchEventFd`.
+   */
+  vhost?: VhostNetHandle;
+  /** Call `onReady` on the main thread each time eventfd `fd` is signalled (FdWatcher.addEventFd). */
+  watchEventFd?: (fd: number, onReady: () => void) => void;
+  /** How the vhost path makes and signals eventfds; default libc's eventfd. */
+  eventFds?: EventFds;
 }
+
+const libcEventFds: EventFds = {
+  create: () => libc.eventfd(0, libc.EFD_NONBLOCK),
+  signal: (fd) => void libc.write(fd, new BigUint64Array([1n])),
+  close: (fd) => libc.close(fd),
+};
 
 const bit = (n: bigint): bigint => 1n << n;
 const has = (features: bigint, n: bigint): boolean => (features & bit(n)) !== 0n;
@@ -95,7 +116,8 @@ function cannot(what: string): string {
 export class VirtioNet implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_NET;
   readonly name: string;
-  readonly features =
+  readonly features: bigint;
+  static readonly FEATURES =
     bit(VIRTIO_F_VERSION_1) |
     bit(VIRTIO_F_INDIRECT_DESC) |
     bit(VIRTIO_F_EVENT_IDX) |
@@ -114,6 +136,7 @@ export class VirtioNet implements VirtioDevice {
   readonly tapName: string;
 
   #tap: Tap;
+  #vhost: VhostNetPath | undefined;
   #watch: (fd: number, onReady: () => void) => void;
   #unwatch: (fd: number) => void;
   #defer: (fn: () => void) => void;
@@ -156,53 +179,81 @@ export class VirtioNet implements VirtioDevice {
     if (typeof options !== "object" || options === null) {
       throw new TypeError(cannot("options must be an object"));
     }
-    const { tap, watch, unwatch } = options;
+    const { tap, watch, unwatch, vhost, watchEventFd } = options;
+    // The vhost handle is ours from the call on: every failure below closes it.
+    const refuse = (message: string): never => {
+      closeQuietly(vhost);
+      throw new TypeError(cannot(message));
+    };
     if (typeof tap !== "string" || !validTapName(tap)) {
-      throw new TypeError(
-        cannot(`options.tap ${JSON.stringify(tap)} is not an interface name (1..15 characters)`),
-      );
+      refuse(`options.tap ${JSON.stringify(tap)} is not an interface name (1..15 characters)`);
     }
-    let mac: Uint8Array;
+    let mac: Uint8Array | undefined;
     if (options.mac === undefined) {
       mac = generateMac();
     } else {
-      const parsed = typeof options.mac === "string" ? parseMac(options.mac) : undefined;
-      if (!parsed) {
-        throw new TypeError(
-          cannot(
-            `options.mac ${JSON.stringify(options.mac)} is not a unicast MAC address like 52:54:00:12:34:56`,
-          ),
+      mac = typeof options.mac === "string" ? parseMac(options.mac) : undefined;
+      if (!mac) {
+        refuse(
+          `options.mac ${JSON.stringify(options.mac)} is not a unicast MAC address like 52:54:00:12:34:56`,
         );
       }
-      mac = parsed;
     }
-    if (typeof watch !== "function")
-      throw new TypeError(cannot("options.watch must be a function"));
-    if (typeof unwatch !== "function") {
-      throw new TypeError(cannot("options.unwatch must be a function"));
+    if (typeof watch !== "function") refuse("options.watch must be a function");
+    if (typeof unwatch !== "function") refuse("options.unwatch must be a function");
+    if (vhost !== undefined && typeof watchEventFd !== "function") {
+      refuse("options.watchEventFd must be a function when options.vhost is given");
     }
-    const { name, queueSize, log } = commonDeviceOptions(
-      options,
-      { name: "virtio-net", queueSize: DEFAULT_QUEUE_SIZE },
-      cannot,
-    );
+    let common: ReturnType<typeof commonDeviceOptions>;
+    try {
+      common = commonDeviceOptions(
+        options,
+        { name: "virtio-net", queueSize: DEFAULT_QUEUE_SIZE },
+        cannot,
+      );
+    } catch (e) {
+      closeQuietly(vhost);
+      throw e;
+    }
+    const { name, queueSize, log } = common;
 
     this.name = name;
     this.tapName = tap;
-    this.mac = formatMac(mac);
+    this.mac = formatMac(mac as Uint8Array);
     this.queueSizes = [queueSize, queueSize];
     this.#queueSize = queueSize;
     this.#watch = watch;
     this.#unwatch = unwatch;
     this.#guestLog = new GuestLog(this.name, log);
     this.#defer = options.defer ?? ((fn) => setImmediate(fn));
-    this.#configBytes = encodeNetConfig(mac, true);
+    this.#configBytes = encodeNetConfig(mac as Uint8Array, true);
     this.#hdrPtr = koffi.alloc("uint8_t", VIRTIO_NET_HDR_SIZE);
     this.#hdr = new Uint8Array(koffi.view(this.#hdrPtr, VIRTIO_NET_HDR_SIZE));
     this.#hdrAddress = koffi.address(this.#hdrPtr);
     try {
       this.#tap = Tap.open(tap);
     } catch (e) {
+      koffi.free(this.#hdrPtr);
+      closeQuietly(vhost);
+      throw e;
+    }
+    this.features = VirtioNet.FEATURES;
+    if (vhost === undefined || watchEventFd === undefined) return;
+    try {
+      const path = new VhostNetPath({
+        handle: vhost,
+        queues: [RX_QUEUE, TX_QUEUE],
+        eventFds: options.eventFds ?? libcEventFds,
+        watchEventFd,
+        unwatch,
+        log: (m) => this.#warn(m),
+      });
+      this.#vhost = path;
+      this.features = vhostOffer(VirtioNet.FEATURES, path.features);
+    } catch (e) {
+      this.#vhost?.close();
+      closeQuietly(vhost);
+      this.#tap.close();
       koffi.free(this.#hdrPtr);
       throw e;
     }
@@ -233,9 +284,14 @@ export class VirtioNet implements VirtioDevice {
     };
   }
 
-  /** A copy of the counters. */
+  /** A copy of the counters (the vhost ones stay 0 on the user-space path). */
   metrics(): NetMetricsSnapshot {
-    return this.#metrics.snapshot();
+    return { ...this.#metrics.snapshot(), ...this.#vhost?.counters };
+  }
+
+  /** Which path carries frames: "vhost" (the kernel's worker) or "user" (this process). */
+  get backend(): "vhost" | "user" {
+    return this.#vhost ? "vhost" : "user";
   }
 
   /** The TAP's fd (for tests and diagnostics); -1 once closed. */
@@ -289,6 +345,22 @@ export class VirtioNet implements VirtioDevice {
       this.#warn(String(e instanceof Error ? e.message : e));
       offload = 0;
     }
+    if (this.#vhost) {
+      // The TAP's vnet header stays 12 bytes (set at open): with VERSION_1, which the
+      // transport requires, that is the negotiated header size with or without MRG_RXBUF.
+      const why = this.#vhost.start({
+        memory: ctx.memory,
+        features: f,
+        offload: ctx.offload,
+        needsReset: ctx.needsReset,
+        tapFd: this.#tap.fd,
+      });
+      if (why !== undefined) {
+        this.#warn(`cannot start vhost-net: ${why}`);
+        ctx.needsReset(`${this.name}: vhost-net did not start`);
+      }
+      return;
+    }
     this.#memory = ctx.memory;
     this.#rxq = rxq;
     this.#txq = txq;
@@ -307,7 +379,11 @@ export class VirtioNet implements VirtioDevice {
   queueNotify(index: number): void {
     try {
       // GUEST-CONTROLLED: the queue index written to QueueNotify.
-      if (index === RX_QUEUE && this.#rxq) {
+      if (this.#vhost) {
+        // The worker serves the rings; a notify that reached us is passed on to it.
+        if (index === RX_QUEUE || index === TX_QUEUE) this.#vhost.kick(index);
+        else this.#metrics.invalidNotifies++;
+      } else if (index === RX_QUEUE && this.#rxq) {
         // New receive buffers: take frames now, and watch again if we had stopped.
         this.#receive();
       } else if (index === TX_QUEUE && this.#txq) {
@@ -324,6 +400,7 @@ export class VirtioNet implements VirtioDevice {
 
   reset(): void {
     this.#generation++;
+    this.#vhost?.stop();
     this.#stopWatching();
     this.#memory = undefined;
     this.#rxq = undefined;
@@ -338,6 +415,7 @@ export class VirtioNet implements VirtioDevice {
     if (this.#closed) return;
     this.#closed = true;
     this.reset();
+    this.#vhost?.close();
     this.#tap.close();
     koffi.free(this.#hdrPtr);
   }
@@ -564,6 +642,14 @@ export class VirtioNet implements VirtioDevice {
       this.#rxBytes -= chain.writableLength;
     }
     this.#rxChains.splice(0, count);
+  }
+}
+
+function closeQuietly(handle: VhostNetHandle | undefined): void {
+  try {
+    handle?.close();
+  } catch {
+    // best effort: the error being reported says what went wrong
   }
 }
 

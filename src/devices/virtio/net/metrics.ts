@@ -1,6 +1,8 @@
 // Counters for one virtio-net device: frames and bytes each way, what the guest sent that
 // was refused, what could not be delivered and what failed on the TAP. Ring-level problems
-// (malformed chains, broken rings) are counted by the queue and the transport.
+// (malformed chains, broken rings) are counted by the queue and the transport. With vhost
+// the frame counters stay at zero (no frame passes through the VMM; the TAP's own
+// statistics count them) and the vhost counters say what the VMM still did.
 
 export interface NetMetricsSnapshot {
   /** Frames (without the vnet header) delivered to the guest, and their bytes. */
@@ -31,6 +33,14 @@ export interface NetMetricsSnapshot {
   configWrites: number;
   /** Times transmit work was left for a later event-loop turn (per-turn bound reached). */
   txDeferred: number;
+  /** Interrupts the vhost worker asked for (its call eventfd), relayed to the driver. */
+  vhostInterrupts: number;
+  /** Notifications that reached the VMM instead of the worker, passed on to its kick eventfd. */
+  vhostKicksRelayed: number;
+  /** Ring errors the vhost worker reported, and failed vhost calls. */
+  vhostErrors: number;
+  /** Activations that handed the rings to vhost. */
+  vhostStarts: number;
 }
 
 export class NetMetrics implements NetMetricsSnapshot {
@@ -47,6 +57,10 @@ export class NetMetrics implements NetMetricsSnapshot {
   invalidNotifies = 0;
   configWrites = 0;
   txDeferred = 0;
+  vhostInterrupts = 0;
+  vhostKicksRelayed = 0;
+  vhostErrors = 0;
+  vhostStarts = 0;
 
   snapshot(): NetMetricsSnapshot {
     return { ...this };
