@@ -313,6 +313,15 @@ const poke = (addr: number, value: number) => `
     addr32 movl $${value}, %fs:(%esi)
 `;
 
+/** Print virtio-mmio InterruptStatus of the transport at `base` as a digit on COM1. */
+const printInterruptStatus = (base: number) => `
+    mov $${base + 0x60}, %esi
+    addr32 movl %fs:(%esi), %eax
+    add $0x30, %al
+    mov $0x3f8, %dx
+    out %al, %dx
+`;
+
 test("DMA to addresses outside RAM: a virtio buffer pointing into the MMIO hole is refused", async () => {
   // The guest drives the virtio-rng transport at 0xd0001000 as Linux would, then offers a
   // device-writable buffer at 0xf0000000 (the MMIO hole, not RAM) and kicks the queue
@@ -369,6 +378,10 @@ test("DMA to addresses outside RAM: a virtio buffer pointing into the MMIO hole 
     cmp $0, %eax
     jne bad
     ${PUTC("y")}
+    # InterruptStatus (bit 0: the refused chain was signalled), ACK it, read it again
+    ${printInterruptStatus(T)}
+    ${poke(T + 0x64, 1)}
+    ${printInterruptStatus(T)}
     ${POWEROFF.replace("1: jmp 1b", "4: jmp 4b")}
   bad:
     ${PUTC("n")}
@@ -378,7 +391,10 @@ test("DMA to addresses outside RAM: a virtio buffer pointing into the MMIO hole 
     { virtio: [new VirtioRng()] },
   );
   assert.deepEqual(r.outcome, { kind: "poweroff" });
-  assert.equal(r.output, "y", "the guest did not see its refused buffer returned with 0 bytes");
+  assert.equal(r.output.slice(0, 1), "y", "the guest did not see its refused buffer returned");
+  // The vCPU thread answered InterruptStatus and InterruptACK from shared memory.
+  assert.equal(r.output.slice(1), "10", "InterruptStatus read 1, then 0 after the ACK");
+  assert.equal(r.stats.exits.local_mmio, 3);
   const q = r.transports[0]?.queues[0];
   assert.ok(q, "no queue stats");
   assert.equal(q.malformed, 1);

@@ -8,7 +8,10 @@
 // QueueNotify write or, when the VMM registers a KVM ioeventfd on notifyAddress() with
 // datamatch = queue index, through that eventfd (useIoEventFd()) without a vCPU exit; a
 // device whose rings a kernel backend serves (vhost) may take such an eventfd over for one
-// activation (QueueOffload). Interrupts are InterruptStatus bits plus an injected IrqLine. Every guest access is checked: a bad
+// activation (QueueOffload). Interrupts are InterruptStatus bits plus an injected IrqLine;
+// with an edge-triggered line, InterruptStatus can live in shared memory so the VMM's vCPU
+// threads answer the driver's InterruptStatus reads and InterruptACK writes (two per
+// interrupt in Linux's vm_interrupt) without a round trip to the main thread. Every guest access is checked: a bad
 // one is counted (stats()) and ignored, reads of nothing give 0, and nothing throws.
 
 import type { BusDevice, IrqLine } from "../devices/device.js";
@@ -102,6 +105,12 @@ export interface VirtioMmioOptions {
   base?: number;
   /** Main-thread eventfd watching (the VMM's FdWatcher); needed for useIoEventFd(). */
   eventFds?: EventFdWatch;
+  /**
+   * Where InterruptStatus lives: element 0 of this (usually shared) array, updated only with
+   * Atomics, so another thread may read it and clear acknowledged bits as the registers at
+   * sharedRegisters() do. Edge trigger only: a level line must drop on the acknowledgement.
+   */
+  interruptStatus?: Int32Array;
   log?: (message: string) => void;
 }
 
@@ -163,7 +172,8 @@ export class VirtioMmioTransport implements BusDevice {
   /** The driver wrote a nonzero DriverFeatures word above bit 63 (never offered). */
   private driverFeaturesBeyond = false;
   private queueSel = 0;
-  private interruptStatus = 0;
+  /** InterruptStatus, element 0; see VirtioMmioOptions.interruptStatus. */
+  private readonly isr: Int32Array;
   private lineHigh = false;
   private configGeneration = 0;
   private activated = false;
@@ -197,6 +207,16 @@ export class VirtioMmioTransport implements BusDevice {
     this.memory = memory;
     this.irq = irq;
     this.level = options.trigger === "level";
+    if (
+      options.interruptStatus !== undefined &&
+      (this.level || options.interruptStatus.length < 1)
+    ) {
+      throw new TypeError(
+        `Cannot create virtio-mmio transport: a shared InterruptStatus needs an edge-triggered line and one element`,
+      );
+    }
+    this.isr = options.interruptStatus ?? new Int32Array(1);
+    Atomics.store(this.isr, 0, 0);
     this.base = options.base;
     this.eventFdWatch = options.eventFds;
     this.log = options.log ?? (() => {});
@@ -233,6 +253,21 @@ export class VirtioMmioTransport implements BusDevice {
       throw new TypeError(`Cannot give ${this.name}'s notify address: no base was configured`);
     }
     return this.base + VIRTIO_MMIO_QUEUE_NOTIFY;
+  }
+
+  /**
+   * With a shared InterruptStatus, the guest-physical addresses whose 4-byte accesses another
+   * thread may answer from it: a read of `status` returns it, a write to `ack` clears the
+   * written bits (§4.2.2; nothing else happens on either). Undefined without one.
+   */
+  sharedRegisters(): { status: number; ack: number } | undefined {
+    if (!(this.isr.buffer instanceof SharedArrayBuffer) || this.base === undefined) {
+      return undefined;
+    }
+    return {
+      status: this.base + VIRTIO_MMIO_INTERRUPT_STATUS,
+      ack: this.base + VIRTIO_MMIO_INTERRUPT_ACK,
+    };
   }
 
   /** One ioeventfd per queue: 4-byte write of the queue index to notifyAddress(). */
@@ -336,7 +371,7 @@ export class VirtioMmioTransport implements BusDevice {
       case VIRTIO_MMIO_QUEUE_READY:
         return this.queues[this.queueSel]?.ready ? 1 : 0;
       case VIRTIO_MMIO_INTERRUPT_STATUS:
-        return this.interruptStatus;
+        return Atomics.load(this.isr, 0) >>> 0;
       case VIRTIO_MMIO_STATUS:
         return this.status;
       // No shared memory regions: a length of -1 says "no such region" (§4.2.2).
@@ -385,7 +420,7 @@ export class VirtioMmioTransport implements BusDevice {
         this.notify(value);
         return true;
       case VIRTIO_MMIO_INTERRUPT_ACK:
-        this.interruptStatus &= ~value;
+        Atomics.and(this.isr, 0, ~value);
         this.updateLevel();
         return true;
       case VIRTIO_MMIO_STATUS:
@@ -627,7 +662,8 @@ export class VirtioMmioTransport implements BusDevice {
   }
 
   private raise(bit: number): void {
-    this.interruptStatus |= bit;
+    // Set before the line fires: a driver woken by it must read the bit.
+    Atomics.or(this.isr, 0, bit);
     this.counters.interrupts++;
     if (this.level) this.updateLevel();
     else this.irq.pulse();
@@ -635,7 +671,7 @@ export class VirtioMmioTransport implements BusDevice {
 
   private updateLevel(): void {
     if (!this.level) return;
-    const high = this.interruptStatus !== 0;
+    const high = Atomics.load(this.isr, 0) !== 0;
     if (high !== this.lineHigh) {
       this.lineHigh = high;
       this.irq.set(high);
@@ -660,7 +696,7 @@ export class VirtioMmioTransport implements BusDevice {
     this.driverFeaturesBeyond = false;
     this.queueSel = 0;
     for (const q of this.queues) q.reset();
-    this.interruptStatus = 0;
+    Atomics.store(this.isr, 0, 0);
     this.updateLevel();
   }
 

@@ -367,6 +367,42 @@ describe("virtio-mmio: interrupts and config space", () => {
     assert.equal(irq.pulses, 0);
   });
 
+  it("keeps InterruptStatus in a shared word another thread may read and clear", () => {
+    const cell = new Int32Array(new SharedArrayBuffer(8), 4, 1);
+    const device = new RecordingDevice();
+    const transport = new VirtioMmioTransport({
+      device,
+      memory,
+      irq: new CountingIrq(),
+      base: 0xd000_0000,
+      interruptStatus: cell,
+    });
+    assert.deepEqual(transport.sharedRegisters(), { status: 0xd000_0060, ack: 0xd000_0064 });
+    const driver = new VirtioMmioDriver({ memory, transport });
+    driver.init();
+    device.ctx?.interrupt.configChanged();
+    assert.equal(Atomics.load(cell, 0), VIRTIO_MMIO_INT_CONFIG);
+    // What a vCPU thread does for an InterruptACK write: the main thread sees it.
+    Atomics.and(cell, 0, ~VIRTIO_MMIO_INT_CONFIG);
+    assert.equal(driver.interruptStatus(), 0);
+    device.ctx?.interrupt.configChanged();
+    driver.reset();
+    assert.equal(Atomics.load(cell, 0), 0, "a reset drops pending interrupts");
+    // Without a shared word, or with a level line (the ACK must lower it), nothing is shared.
+    assert.equal(setup().transport.sharedRegisters(), undefined);
+    assert.throws(
+      () =>
+        new VirtioMmioTransport({
+          device: new RecordingDevice(),
+          memory,
+          irq: new CountingIrq(),
+          trigger: "level",
+          interruptStatus: cell,
+        }),
+      /edge-triggered/,
+    );
+  });
+
   it("bumps ConfigGeneration on config changes and passes config accesses of any width", () => {
     const { driver, device } = setup();
     driver.init();

@@ -44,9 +44,10 @@ export class VcpuThread {
     private readonly vcpu: VcpuFd,
     portMap: SharedArrayBuffer,
     private readonly handler: ExitHandler,
+    local?: ch.LocalRegisters,
   ) {
     this.id = vcpu.id;
-    this.shared = ch.allocateShared(abi.KVM_EXIT_REASON_SLOTS, portMap);
+    this.shared = ch.allocateShared(abi.KVM_EXIT_REASON_SLOTS, portMap, local);
     this.ctrl = new Int32Array(this.shared.control);
     this.data = new Uint8Array(this.shared.data);
     this.sized = Array.from({ length: 9 }, (_, n) => this.data.subarray(0, n));

@@ -1,6 +1,7 @@
 // The shared memory between a vCPU thread and the VMM's main thread. The vCPU thread
-// forwards PIO/MMIO exits it cannot answer itself through a one-slot mailbox and blocks
-// (Atomics.wait) until the main thread, which owns the devices, answers. Control words let
+// forwards PIO/MMIO exits it cannot answer itself (unowned ports; the registers in
+// LocalRegisters) through a one-slot mailbox and blocks (Atomics.wait) until the main
+// thread, which owns the devices, answers. Control words let
 // the main thread pause or stop a vCPU. Layout is fixed so neither side allocates per exit.
 
 /** Int32 indexes into the control array. */
@@ -42,21 +43,48 @@ export const S_UNMAPPED_PIO_READ = 0;
 export const S_UNMAPPED_PIO_WRITE = 1;
 export const S_FORWARDED = 2;
 export const S_KICKS = 3;
-export const EXTRA_STATS = 4;
+export const S_LOCAL_MMIO = 4;
+export const EXTRA_STATS = 5;
+
+/**
+ * Device registers the vCPU thread answers itself from a shared word (`cells[cell]`,
+ * changed only with Atomics), for 4-byte accesses at `address`: virtio-mmio's
+ * InterruptStatus and InterruptACK, which a driver touches twice per interrupt.
+ */
+export interface LocalMmio {
+  address: number;
+  kind: typeof LOCAL_READ | typeof LOCAL_CLEAR_BITS;
+  cell: number;
+}
+/** A read returns the word. */
+export const LOCAL_READ = 1;
+/** A write clears the written bits in the word. */
+export const LOCAL_CLEAR_BITS = 2;
+
+export interface LocalRegisters {
+  cells: SharedArrayBuffer;
+  registers: readonly LocalMmio[];
+}
 
 export interface VcpuShared {
   control: SharedArrayBuffer;
   data: SharedArrayBuffer;
   stats: SharedArrayBuffer;
   portMap: SharedArrayBuffer;
+  local: LocalRegisters;
 }
 
-export function allocateShared(statSlots: number, portMap: SharedArrayBuffer): VcpuShared {
+export function allocateShared(
+  statSlots: number,
+  portMap: SharedArrayBuffer,
+  local: LocalRegisters = { cells: new SharedArrayBuffer(4), registers: [] },
+): VcpuShared {
   return {
     control: new SharedArrayBuffer(CONTROL_WORDS * 4),
     data: new SharedArrayBuffer(DATA_BYTES),
     stats: new SharedArrayBuffer((statSlots + EXTRA_STATS) * 8),
     portMap,
+    local,
   };
 }
 

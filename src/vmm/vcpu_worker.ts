@@ -1,6 +1,7 @@
 // The body of one vCPU thread: KVM_RUN in a loop, decoding each exit from the mapped
 // kvm_run area. Port I/O the port map says nobody owns is answered here (all-ones / drop,
-// counted); everything else is forwarded to the main thread's buses through the mailbox.
+// counted), as are the shared-word registers of vcpu_channel's LocalRegisters; everything
+// else is forwarded to the main thread's buses through the mailbox.
 // Nothing is allocated per exit: every view is made once below.
 
 import { parentPort, workerData } from "node:worker_threads";
@@ -27,6 +28,10 @@ const data = new Uint8Array(shared.data);
 const stats = new Float64Array(shared.stats);
 const portMap = new Uint8Array(shared.portMap);
 const exitSlots = abi.KVM_EXIT_REASON_SLOTS;
+const localCells = new Int32Array(shared.local.cells);
+/** address → kind << 16 | cell, for the registers answered here (a number: no allocation). */
+const localMmio = new Map<number, number>();
+for (const r of shared.local.registers) localMmio.set(r.address, (r.kind << 16) | r.cell);
 
 libc.unblockSignal(kickSignal);
 const runMap = libc.mmap(runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
@@ -93,6 +98,21 @@ function handleMmio(): void {
   const len = run.getUint32(abi.RUN_MMIO_LEN, true);
   const isWrite = run.getUint8(abi.RUN_MMIO_IS_WRITE);
   if (len === 0 || len > 8) return;
+  const local = len === 4 ? localMmio.get(addr) : undefined;
+  if (local !== undefined) {
+    const cell = local & 0xffff;
+    if (!isWrite && local >>> 16 === ch.LOCAL_READ) {
+      run.setUint32(abi.RUN_MMIO_DATA, Atomics.load(localCells, cell) >>> 0, true);
+      bump(exitSlots + ch.S_LOCAL_MMIO);
+      return;
+    }
+    if (isWrite && local >>> 16 === ch.LOCAL_CLEAR_BITS) {
+      // GUEST-CONTROLLED: any value; it can only clear bits.
+      Atomics.and(localCells, cell, ~run.getUint32(abi.RUN_MMIO_DATA, true));
+      bump(exitSlots + ch.S_LOCAL_MMIO);
+      return;
+    }
+  }
   if (isWrite) {
     data.set(runBytes.subarray(abi.RUN_MMIO_DATA, abi.RUN_MMIO_DATA + len), 0);
     forward(ch.KIND_MMIO, 1, len, 1, addr);

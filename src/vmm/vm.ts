@@ -158,6 +158,9 @@ export class Vm implements ExitHandler {
   private readonly threads: VcpuThread[] = [];
   /** Per-port routing shared with the vCPU threads (see vcpu_channel PORT_*). */
   private readonly portMap = new SharedArrayBuffer(PIO_SPACE_SIZE);
+  /** virtio-mmio InterruptStatus words, one per transport, answered by vCPU threads. */
+  private readonly localCells = new SharedArrayBuffer(4 * VIRTIO_GSIS.length);
+  private readonly localRegisters: ch.LocalMmio[] = [];
   /** ioeventfds for queue notifications; readiness arrives on the main thread. */
   private readonly watcher: FdWatcher;
   private readonly eventFds: number[] = [];
@@ -325,12 +328,20 @@ export class Vm implements ExitHandler {
         memory: this.memory,
         irq: new IrqFdLine(irqFd),
         base,
+        interruptStatus: new Int32Array(this.localCells, 4 * i, 1),
         eventFds: {
           add: (fd, onReady) => this.watcher.addEventFd(fd, onReady),
           remove: (fd) => this.watcher.removeFd(fd),
         },
       });
       this.mmioBus.insert(base, VIRTIO_MMIO_REGION_SIZE, transport);
+      const shared = transport.sharedRegisters();
+      if (shared) {
+        this.localRegisters.push(
+          { address: shared.status, kind: ch.LOCAL_READ, cell: i },
+          { address: shared.ack, kind: ch.LOCAL_CLEAR_BITS, cell: i },
+        );
+      }
       for (const spec of transport.ioEventFds()) {
         const fd = libc.eventfd(0, libc.EFD_NONBLOCK);
         this.eventFds.push(fd);
@@ -392,7 +403,10 @@ export class Vm implements ExitHandler {
     });
     this.watcher.start();
     for (const fd of this.vcpuFds) {
-      const t = new VcpuThread(fd, this.portMap, this);
+      const t = new VcpuThread(fd, this.portMap, this, {
+        cells: this.localCells,
+        registers: this.localRegisters,
+      });
       this.threads.push(t);
       t.exited.then((e) => this.vcpuEnded(t.id, e));
       t.start();
@@ -420,7 +434,13 @@ export class Vm implements ExitHandler {
     mmio: unknown;
   } {
     const exits: Record<string, number> = {};
-    const extraNames = ["unmapped_pio_read", "unmapped_pio_write", "forwarded", "kicks"];
+    const extraNames = [
+      "unmapped_pio_read",
+      "unmapped_pio_write",
+      "forwarded",
+      "kicks",
+      "local_mmio",
+    ];
     const perVcpu = this.threads.map((t) => {
       const s = t.stats();
       const row: Record<string, number> = {};
