@@ -24,6 +24,9 @@ const readFn = lib.func("intptr_t read(int fd, void *buf, size_t count)");
 const writeFn = lib.func("intptr_t write(int fd, const void *buf, size_t count)");
 const syscallFn = lib.func("long syscall(long nr, long a, long b, long c)");
 const fallocateFn = lib.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
+// iovecs are passed as a BigUint64Array of (base, len) pairs: no per-call marshalling.
+const preadvFn = lib.func("intptr_t preadv(int fd, void *iov, int iovcnt, int64_t offset)");
+const pwritevFn = lib.func("intptr_t pwritev(int fd, void *iov, int iovcnt, int64_t offset)");
 const sigmaskFn = lib.func("int pthread_sigmask(int how, const void *set, void *oldset)");
 
 export const O_RDONLY = 0;
@@ -180,6 +183,31 @@ export function mapFile(path: string, size: number): Mapping {
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/**
+ * preadv (op "read") or pwritev ("write") of `count` iovecs at `offset`, run on libuv's thread
+ * pool through koffi's asynchronous call; `done` gets the byte count or -errno on the main
+ * thread. `iov` and the memory it points at must stay alive and mapped until then.
+ */
+export function iovAsync(
+  op: "read" | "write",
+  fd: number,
+  iov: BigUint64Array,
+  count: number,
+  offset: number,
+  done: (result: number) => void,
+): void {
+  const fn = op === "read" ? preadvFn : pwritevFn;
+  fn.async(fd, iov, count, offset, (err: unknown, n: number | bigint) => {
+    if (err) {
+      done(-EIO);
+      return;
+    }
+    const r = Number(n);
+    done(r < 0 ? -koffi.errno() : r);
+  });
+}
+const EIO = 5;
 
 /** fallocate(2): punch holes for discard, zero ranges for write-zeroes. */
 export function fallocate(fd: number, mode: number, offset: number, length: number): void {

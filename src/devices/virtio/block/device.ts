@@ -1,10 +1,10 @@
 // virtio-blk (virtio 1.2 §5.2) backed by a raw image file: one request queue, requests
 // parsed and checked by request.ts, data moved between the image and guest RAM with no
-// copy (the host reads straight into, and writes straight out of, views of guest memory).
+// copy (preadv/pwritev with iovecs of guest RAM's host addresses, see transferGuest()).
 //
-// Why libuv's thread pool and not io_uring: Node's callback fs API (fs.readv, fs.writev,
-// fs.fdatasync on a raw fd) already runs each call on libuv's worker pool, which exists in
-// every Node process, needs no native addon or extra dependency, keeps the main thread and
+// Why libuv's thread pool and not io_uring: koffi's asynchronous calls (preadv, pwritev) and
+// Node's fs.fdatasync run on libuv's worker pool, which exists in every Node process,
+// needs no native addon or extra dependency, keeps the main thread and
 // the vCPU threads free while the disk works, and is sized by UV_THREADPOOL_SIZE (default
 // 4; raise it for deep queues, since the pool is shared with dns.lookup, zlib and crypto).
 // io_uring would save a thread hop per request but needs a native binding, is disabled in
@@ -26,8 +26,9 @@
 
 import * as fs from "node:fs";
 import { constants as osConstants } from "node:os";
+import { errnoName } from "../../../host/errors.js";
 import * as libc from "../../../host/libc.js";
-import type { GuestMemory } from "../../../memory/mod.js";
+import { type GuestMemory, IOV_MAX, IovecList } from "../../../memory/mod.js";
 import {
   type DescriptorChain,
   type QueueHandle,
@@ -72,9 +73,8 @@ import {
 import { type VirtioBlockState, validateBlockState } from "./state.js";
 
 export const DEFAULT_QUEUE_SIZE = 256;
-/** Chunk of guest RAM behind one Uint8Array view (guest_memory.ts caps views at 1 GiB). */
-const GUEST_VIEW_CHUNK = 1024 * 1024 * 1024;
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
+const EINTR = osConstants.errno.EINTR;
 
 export interface VirtioBlockOptions {
   /** Raw image file; its size must be a positive multiple of 512 bytes. */
@@ -419,9 +419,9 @@ export class VirtioBlock implements VirtioDevice {
     const fd = this.#fd;
     switch (req.type) {
       case VIRTIO_BLK_T_IN:
-        return transferAll("read", fd, guestViews(memory, req.data), req.offset);
+        return transferGuest("read", fd, memory, req.data, req.offset);
       case VIRTIO_BLK_T_OUT:
-        return transferAll("write", fd, guestViews(memory, req.data), req.offset);
+        return transferGuest("write", fd, memory, req.data, req.offset);
       case VIRTIO_BLK_T_FLUSH:
         return new Promise((resolve, reject) =>
           fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())),
@@ -576,36 +576,46 @@ function openImage(path: string, readOnly: boolean): number {
 }
 
 /**
- * Zero-copy views of guest ranges for readv/writev. Guest memory hands out views of at most
- * one 1 GiB chunk, so a range crossing a chunk boundary becomes two views.
+ * preadv/pwritev between the image and guest ranges, straight from their host addresses (one
+ * iovec array per request: no view object per buffer, and none of Node's per-buffer work in
+ * fs.readv), on libuv's thread pool. Short transfers continue; zero bytes is an error.
  */
-function guestViews(memory: GuestMemory, ranges: readonly GuestRange[]): Uint8Array[] {
-  const views: Uint8Array[] = [];
-  for (const r of ranges) {
-    let address = r.address;
-    let left = r.length;
-    while (left > 0) {
-      const n = Math.min(left, chunkRoom(memory, address));
-      views.push(memory.slice(address, n));
-      address += n;
-      left -= n;
+function transferGuest(
+  op: "read" | "write",
+  fd: number,
+  memory: GuestMemory,
+  ranges: readonly GuestRange[],
+  position: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    // Ranges lie in RAM (the queue checked each buffer) and RAM regions are not adjacent,
+    // so no range is split: one entry each.
+    const iov = new IovecList(Math.max(1, Math.min(ranges.length, IOV_MAX)));
+    for (const r of ranges) {
+      if (!iov.addGuest(memory, r.address, r.length)) {
+        reject(new Error(`${ranges.length} buffers do not fit one ${op} (${IOV_MAX} at most)`));
+        return;
+      }
     }
-  }
-  return views;
-}
-
-function chunkRoom(memory: GuestMemory, address: number): number {
-  for (const region of memory.regions) {
-    if (address >= region.start && address < region.start + region.size) {
-      const into = address - region.start;
-      const chunkEnd = Math.min(
-        region.size,
-        (Math.floor(into / GUEST_VIEW_CHUNK) + 1) * GUEST_VIEW_CHUNK,
-      );
-      return chunkEnd - into;
-    }
-  }
-  return Number.MAX_SAFE_INTEGER; // not in RAM: slice() throws and the request fails
+    let pos = position;
+    const step = (): void => {
+      if (iov.count === 0) {
+        resolve();
+        return;
+      }
+      libc.iovAsync(op, fd, iov.iov, iov.count, pos, (n) => {
+        if (n === -EINTR) step();
+        else if (n < 0) reject(new Error(`${op} at offset ${pos} failed: ${errnoName(-n)}`));
+        else if (n === 0) reject(new Error(`${op} at offset ${pos} transferred nothing`));
+        else {
+          pos += n;
+          iov.consume(n);
+          step();
+        }
+      });
+    };
+    step();
+  });
 }
 
 /** readv/writev until every view is done; short transfers continue, zero bytes is an error. */

@@ -27,7 +27,7 @@ import { readFileSync } from "node:fs";
 import koffi from "koffi";
 import { errnoName } from "../../../host/errors.js";
 import * as libc from "../../../host/libc.js";
-import type { GuestMemory } from "../../../memory/mod.js";
+import { type GuestMemory, IovecList } from "../../../memory/mod.js";
 import {
   type DescriptorBuffer,
   type DescriptorChain,
@@ -61,7 +61,6 @@ import {
   VIRTIO_NET_HDR_NUM_BUFFERS,
   VIRTIO_NET_HDR_SIZE,
 } from "./config.js";
-import { IovecList } from "./iov.js";
 import { NetMetrics, type NetMetricsSnapshot } from "./metrics.js";
 import { type VirtioNetState, validateNetState } from "./state.js";
 import { EAGAIN, Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, validTapName } from "./tap.js";

@@ -42,8 +42,6 @@ const IFNAMSIZ = 16;
 const IFREQ_SIZE = 40;
 /** sizeof(struct virtio_net_hdr_v1) with num_buffers (virtio 1.2 §5.1.6). */
 export const TAP_VNET_HDR_SIZE = 12;
-/** Most iovec entries one readv/writev takes (IOV_MAX). */
-export const IOV_MAX = 1024;
 
 /** A failed call on a TAP: `code` is the errno name, `call` the libc call. */
 export class TapError extends Error {
