@@ -187,8 +187,8 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     try {
       control = await ControlServer.listen(flags.controlSocket, controlHandlers(vm, devices));
     } catch (e) {
-      vm.close();
       await closeDevices(devices);
+      vm.close();
       throw new UsageError(`--control-socket: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
@@ -214,8 +214,10 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   await control?.close();
   const stats = vm.stats();
   const perDevice = deviceStats(vm, devices);
-  vm.close();
+  // Devices first: disk I/O still in flight and vhost must be done with guest RAM before the
+  // VM unmaps it.
   await closeDevices(devices);
+  vm.close();
   if (flags.json) {
     process.stderr.write(
       `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], setupMs, stats, devices: perDevice })}\n`,

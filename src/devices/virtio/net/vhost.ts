@@ -18,6 +18,7 @@
 // every descriptor against that table itself; a ring it cannot use is reported on the
 // error eventfd, which asks the driver to reset the device.
 
+import type { VhostMemoryRegion, VhostVringAddr } from "../../../host/vhost_abi.js";
 import type { GuestMemory } from "../../../memory/mod.js";
 import {
   type QueueOffload,
@@ -89,9 +90,7 @@ export function vhostAck(driverFeatures: bigint, vhostFeatures: bigint): bigint 
 }
 
 /** The guest RAM regions as a vhost memory table (guest-physical → our virtual address). */
-export function vhostMemoryTable(
-  memory: GuestMemory,
-): { guestPhysAddr: bigint; size: bigint; userspaceAddr: bigint }[] {
+export function vhostMemoryTable(memory: GuestMemory): VhostMemoryRegion[] {
   return memory.regions.map((r) => ({
     guestPhysAddr: BigInt(r.start),
     size: BigInt(r.size),
@@ -121,20 +120,11 @@ export interface VhostNetHandle {
   setOwner(): void;
   getFeatures(): bigint;
   setFeatures(features: bigint): void;
-  setMemTable(
-    regions: readonly { guestPhysAddr: bigint; size: bigint; userspaceAddr: bigint }[],
-  ): void;
+  setMemTable(regions: readonly VhostMemoryRegion[]): void;
   setVringNum(index: number, num: number): void;
   setVringBase(index: number, base: number): void;
   getVringBase(index: number): number;
-  setVringAddr(addr: {
-    index: number;
-    flags: number;
-    desc: bigint;
-    used: bigint;
-    avail: bigint;
-    log: bigint;
-  }): void;
+  setVringAddr(addr: VhostVringAddr): void;
   setVringKick(index: number, fd: number): void;
   setVringCall(index: number, fd: number): void;
   setVringErr(index: number, fd: number): void;
@@ -337,7 +327,7 @@ export class VhostNetPath {
 class VhostStartError extends Error {}
 
 /** vhost_vring_addr for one ring: each part must lie in one RAM region. */
-function ringAddresses(memory: GuestMemory, layout: RingLayout, ring: number) {
+function ringAddresses(memory: GuestMemory, layout: RingLayout, ring: number): VhostVringAddr {
   const part = (name: string, address: number, length: number): bigint => {
     // GUEST-CONTROLLED: ring addresses; the transport checked them, this checks the host side.
     const host = hostAddressOf(memory, address, length);
