@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { defaultImagePaths } from "../src/image/mod.js";
 import { Vm } from "../src/vmm/vm.js";
 import { assembleReal } from "../tests/guests/assemble.js";
+import { log, median } from "./common.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const VESSEL = join(ROOT, "bin/vessel.js");
@@ -20,16 +21,6 @@ const PIO_EXITS = Number(process.env.BENCH_PIO_EXITS ?? 100000);
 const CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
 const img = defaultImagePaths();
 const work = mkdtempSync(join(tmpdir(), "vessel-bench-"));
-
-function log(s: string): void {
-  process.stderr.write(`bench: ${s}\n`);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-}
 
 /** A guest that does `count` OUTs to `port` and then powers off through port 0x600. */
 function pioGuest(count: number, port: number): Uint8Array {
