@@ -9,6 +9,7 @@ import { UsageError } from "./args.js";
 // the lab harness or the progress bar in its resident memory.
 const runModule = () => import("./run.js");
 const imageLabModule = () => import("./image_lab.js");
+const domainsModule = () => import("./domains.js");
 
 const program = new Command();
 program
@@ -53,6 +54,9 @@ program
     "--control-socket <path>",
     "a Unix socket taking JSON-line requests (power-button, stop, stats, balloon)",
   )
+  .option("--console-socket <path>", "serve the console on this Unix socket, not the terminal")
+  .option("--outcome-file <path>", "write how the VM ended here as JSON (for a supervisor)")
+  .option("--name <name>", "domain name, shown as the process title")
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
   .action(async (opts) => {
     exitCode = await (await runModule()).runCommand(opts);
@@ -91,6 +95,100 @@ program
       opts,
       fileURLToPath(new URL("../../../bin/vessel.js", import.meta.url)),
     );
+  });
+
+program
+  .command("daemon")
+  .description("the control plane: serve the API and supervise every domain's VMM process")
+  .option("--state-dir <dir>", "definitions (default $XDG_STATE_HOME/vessel or /var/lib/vessel)")
+  .option(
+    "--runtime-dir <dir>",
+    "sockets and run files (default $XDG_RUNTIME_DIR/vessel or /run/vessel)",
+  )
+  .option("--socket <path>", "API socket (default <runtime-dir>/api.sock)")
+  .option("--listen <host:port>", "also serve the API on TCP (needs --token-file)")
+  .option("--token-file <file>", "bearer tokens accepted on TCP, one per line")
+  .option("--slow-kvm", "let VMMs boot on a /dev/kvm that interprets guest code (test hosts)")
+  .action(async (opts) => {
+    exitCode = await (await import("./daemon_cmd.js")).daemonCommand(opts);
+  });
+
+/** Options every command that talks to the daemon takes. */
+function daemonCommand(name: string, description: string): Command {
+  return program
+    .command(name)
+    .description(description)
+    .option(
+      "--connect <socket|url>",
+      "the daemon: its socket path or http://host:port ($VESSEL_CONNECT)",
+    )
+    .option("--token-file <file>", "bearer token for a TCP daemon ($VESSEL_TOKEN)")
+    .option("--json", "print JSON for programs");
+}
+
+daemonCommand("create", "start a transient domain from a config file (xl create)")
+  .argument("<file>", "native spec (YAML/JSON), xl.cfg, libvirt XML or Firecracker JSON")
+  .option(
+    "--from <format>",
+    "the file's format: native, xl, libvirt, firecracker (default: detect)",
+  )
+  .option("-c, --console", "attach to its console once started")
+  .action(async (file: string, opts) => {
+    exitCode = await (await domainsModule()).createCommand(file, opts);
+  });
+daemonCommand("define", "define a persistent domain from a config file (virsh define)")
+  .argument("<file>", "native spec (YAML/JSON), xl.cfg, libvirt XML or Firecracker JSON")
+  .option(
+    "--from <format>",
+    "the file's format: native, xl, libvirt, firecracker (default: detect)",
+  )
+  .action(async (file: string, opts) => {
+    exitCode = await (await domainsModule()).defineCommand(file, opts);
+  });
+for (const [name, description] of [
+  ["undefine", "forget a domain's definition (a running domain carries on as transient)"],
+  ["start", "start a defined domain"],
+  ["reboot", "reboot a domain through ACPI (power button, then start again)"],
+  ["destroy", "force a domain off at once"],
+  ["pause", "stop a domain's vCPUs"],
+  ["resume", "let a paused domain's vCPUs run again"],
+] as const) {
+  const cmd = daemonCommand(name, description).argument("<domain>");
+  if (name === "start") cmd.option("-c, --console", "attach to its console once started");
+  cmd.action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).actionCommand(name, domain, opts);
+  });
+}
+daemonCommand("shutdown", "press the domain's ACPI power button (a clean shutdown)")
+  .argument("<domain>")
+  .option("--wait", "wait until it is off")
+  .option(
+    "--timeout <seconds>",
+    "with --wait: give up after this long (an error; it keeps running)",
+  )
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).shutdownCommand(domain, opts);
+  });
+daemonCommand("list", "list running domains (--all: defined ones too)")
+  .option("--all", "include domains that are shut off")
+  .action(async (opts) => {
+    exitCode = await (await domainsModule()).listCommand(opts);
+  });
+daemonCommand("info", "a domain's state, resources and counters")
+  .argument("<domain>")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).infoCommand(domain, opts);
+  });
+daemonCommand("console", "attach to a domain's console (Ctrl-] detaches; the domain keeps running)")
+  .argument("<domain>")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).consoleCommand(domain, opts);
+  });
+daemonCommand("events", "print lifecycle events as they happen")
+  .option("--count <n>", "exit after this many events")
+  .option("--domain <name>", "only this domain's events")
+  .action(async (opts) => {
+    exitCode = await (await domainsModule()).eventsCommand(opts);
   });
 
 try {

@@ -14,6 +14,8 @@ import {
 } from "../host/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
+import { writeFileAtomic } from "../vmm/atomic_file.js";
+import { ConsoleServer } from "../vmm/console_server.js";
 import { type ControlHandler, ControlServer } from "../vmm/control.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
@@ -36,6 +38,12 @@ export interface RunFlags {
   /** "serial" (default): the terminal is COM1. "virtio": the terminal is hvc0. */
   console?: string;
   controlSocket?: string;
+  /** Serve the console on this Unix socket instead of the terminal (the daemon's way). */
+  consoleSocket?: string;
+  /** Write the outcome here (atomically) before the control socket closes. */
+  outcomeFile?: string;
+  /** The domain's name, shown in `ps` as the process title. */
+  name?: string;
 }
 
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -116,10 +124,25 @@ export async function runCommand(flags: RunFlags): Promise<number> {
       );
     }
   }
+  if (flags.name) process.title = `vessel-vmm:${flags.name}`;
+  // Under the daemon the console is a socket; input reaches the guest once the VM exists.
+  let consoleInput: (bytes: Uint8Array) => void = () => {};
+  let consoleServer: ConsoleServer | undefined;
+  if (flags.consoleSocket) {
+    try {
+      consoleServer = await ConsoleServer.listen(flags.consoleSocket, (b) => consoleInput(b));
+    } catch (e) {
+      input.kernel.close();
+      input.initrd?.close();
+      throw new UsageError(`--console-socket: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
   const watcher = new FdWatcher();
-  const toTerminal = (bytes: Uint8Array) => {
-    process.stdout.write(Buffer.from(bytes));
-  };
+  const toTerminal = consoleServer
+    ? (bytes: Uint8Array) => consoleServer.write(bytes)
+    : (bytes: Uint8Array) => {
+        process.stdout.write(Buffer.from(bytes));
+      };
   let devices: VirtioDevice[];
   try {
     devices = await openDevices(
@@ -136,6 +159,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     watcher.close();
     input.kernel.close();
     input.initrd?.close();
+    await consoleServer?.close();
     throw e;
   }
   let vm: Vm;
@@ -155,6 +179,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     });
   } catch (e) {
     await closeDevices(devices);
+    await consoleServer?.close();
     if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${e.message}`);
     if (
       e instanceof MissingCapabilityError ||
@@ -176,18 +201,27 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   const setupMs = Math.round(process.uptime() * 1000);
   const stdin = process.stdin;
   const hvc = devices.find((d): d is VirtioConsole => d instanceof VirtioConsole);
-  const restoreTty = attachConsole(
-    vm,
-    stdin,
-    hvc ? (b) => hvc.enqueueInput(b) : (b) => vm.serial.enqueueInput(b),
-  );
+  const guestInput = hvc
+    ? (b: Uint8Array) => hvc.enqueueInput(b)
+    : (b: Uint8Array) => vm.serial.enqueueInput(b);
+  consoleInput = guestInput;
+  const restoreTty = consoleServer ? () => {} : attachConsole(vm, stdin, guestInput);
   let control: ControlServer | undefined;
   if (flags.controlSocket) {
     try {
-      control = await ControlServer.listen(flags.controlSocket, controlHandlers(vm, devices));
+      control = await ControlServer.listen(
+        flags.controlSocket,
+        controlHandlers(vm, devices, {
+          name: flags.name ?? null,
+          cpus: input.cpus,
+          memoryBytes: input.memoryBytes,
+          setupMs,
+        }),
+      );
     } catch (e) {
       vm.close();
       await closeDevices(devices);
+      await consoleServer?.close();
       throw new UsageError(`--control-socket: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
@@ -210,8 +244,17 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     process.off("SIGTERM", onSignal);
     process.off("SIGPWR", onPower);
   }
-  await control?.close();
   const stats = vm.stats();
+  // The supervisor learns how the VM ended from this file; it must exist before the control
+  // socket closes, because the socket closing is how the supervisor notices the end.
+  if (flags.outcomeFile) {
+    writeFileAtomic(
+      flags.outcomeFile,
+      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], setupMs, stats })}\n`,
+    );
+  }
+  await control?.close();
+  await consoleServer?.close();
   vm.close();
   await closeDevices(devices);
   if (flags.json) {
@@ -229,8 +272,15 @@ export async function runCommand(flags: RunFlags): Promise<number> {
 }
 
 /** What the control socket offers for this VM (see src/vmm/control.ts). */
-function controlHandlers(vm: Vm, devices: readonly VirtioDevice[]): Record<string, ControlHandler> {
+function controlHandlers(
+  vm: Vm,
+  devices: readonly VirtioDevice[],
+  about: Record<string, unknown>,
+): Record<string, ControlHandler> {
   return {
+    status: () => ({ ...about, pid: process.pid, state: vm.paused ? "paused" : "running" }),
+    pause: () => vm.pause(),
+    resume: () => vm.resume(),
     "power-button": () => vm.pressPowerButton(),
     stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
     ...balloonHandlers(devices),

@@ -376,6 +376,32 @@ export class Vm implements ExitHandler {
     this.finish?.(outcome);
   }
 
+  private pausedState = false;
+
+  /** True between a successful pause() and the next resume(). */
+  get paused(): boolean {
+    return this.pausedState;
+  }
+
+  /**
+   * Stop every vCPU where it is (kick, then park the thread) and keep it stopped until
+   * resume(). Devices keep running; the guest just gets no CPU, as with `virsh suspend`.
+   */
+  async pause(timeoutMs = 2000): Promise<void> {
+    if (this.outcome) throw new Error("the VM has ended");
+    const ok = await Promise.all(this.threads.map((t) => t.pause(timeoutMs)));
+    if (ok.includes(false)) {
+      for (const t of this.threads) t.resume();
+      throw new Error(`a vCPU did not pause within ${timeoutMs} ms`);
+    }
+    this.pausedState = true;
+  }
+
+  resume(): void {
+    for (const t of this.threads) t.resume();
+    this.pausedState = false;
+  }
+
   /** Press the ACPI power button: a well-behaved guest shuts down. */
   pressPowerButton(): void {
     this.ged.pressPowerButton();

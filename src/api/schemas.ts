@@ -1,0 +1,116 @@
+// The API's data shapes, defined once as TypeBox schemas: the daemon answers with them, the
+// OpenAPI document (openapi.ts) is generated from them, and the TypeScript client's types are
+// their Static<> types, so the three cannot drift apart.
+
+import { type Static, Type } from "@sinclair/typebox";
+import { DomainSpec } from "../domain/spec.js";
+
+export { DomainSpec };
+
+export const DomainState = Type.Union(
+  [
+    Type.Literal("running"),
+    Type.Literal("paused"),
+    Type.Literal("shutoff"),
+    Type.Literal("crashed"),
+  ],
+  { $id: "DomainState" },
+);
+export type DomainState = Static<typeof DomainState>;
+
+export const DomainInfo = Type.Object(
+  {
+    name: Type.String(),
+    uuid: Type.Union([Type.String(), Type.Null()]),
+    state: DomainState,
+    /** Why it is in that state, in libvirt's words (booted, user, shutdown, destroyed, crashed...). */
+    reason: Type.String(),
+    persistent: Type.Boolean(),
+    autostart: Type.Boolean(),
+    vcpus: Type.Integer(),
+    memoryBytes: Type.Integer(),
+    /** The VMM process while it runs. */
+    pid: Type.Union([Type.Integer(), Type.Null()]),
+    startedAt: Type.Union([Type.String(), Type.Null()]),
+    /** Unix socket of the console while it runs (local clients attach to it directly). */
+    consoleSocket: Type.Union([Type.String(), Type.Null()]),
+    /** Operation in progress, if any (a second one is refused with 409). */
+    operation: Type.Union([Type.String(), Type.Null()]),
+    spec: DomainSpec,
+  },
+  { additionalProperties: false, $id: "DomainInfo" },
+);
+export type DomainInfo = Static<typeof DomainInfo>;
+
+export const DomainList = Type.Object(
+  { domains: Type.Array(DomainInfo) },
+  { additionalProperties: false, $id: "DomainList" },
+);
+export type DomainList = Static<typeof DomainList>;
+
+export const EventType = Type.Union([
+  Type.Literal("defined"),
+  Type.Literal("undefined"),
+  Type.Literal("started"),
+  Type.Literal("suspended"),
+  Type.Literal("resumed"),
+  Type.Literal("shutdown"),
+  Type.Literal("stopped"),
+  Type.Literal("crashed"),
+]);
+
+export const DomainEvent = Type.Object(
+  {
+    type: EventType,
+    /** libvirt's detail for the event (booted, paused, unpaused, finished, destroyed, ...). */
+    reason: Type.String(),
+    domain: Type.String(),
+    state: DomainState,
+    time: Type.String(),
+    seq: Type.Integer(),
+  },
+  { additionalProperties: false, $id: "DomainEvent" },
+);
+export type DomainEvent = Static<typeof DomainEvent>;
+
+export const ErrorBody = Type.Object(
+  {
+    error: Type.Object({ code: Type.String(), message: Type.String() }),
+  },
+  { additionalProperties: false, $id: "ErrorBody" },
+);
+export type ErrorBody = Static<typeof ErrorBody>;
+
+export const ShutdownRequest = Type.Object(
+  {
+    wait: Type.Optional(Type.Boolean()),
+    timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 3600 })),
+  },
+  { additionalProperties: false, $id: "ShutdownRequest" },
+);
+export type ShutdownRequest = Static<typeof ShutdownRequest>;
+
+export const VersionInfo = Type.Object(
+  {
+    name: Type.Literal("vessel"),
+    version: Type.String(),
+    api: Type.Literal("v1"),
+    pid: Type.Integer(),
+    stateDir: Type.String(),
+    runtimeDir: Type.String(),
+  },
+  { additionalProperties: false, $id: "VersionInfo" },
+);
+export type VersionInfo = Static<typeof VersionInfo>;
+
+/** Every named schema, for the OpenAPI document's components. */
+export const SCHEMAS = [
+  DomainSpec,
+  DomainState,
+  DomainInfo,
+  DomainList,
+  DomainEvent,
+  ErrorBody,
+  ShutdownRequest,
+  VersionInfo,
+] as const;

@@ -1,0 +1,317 @@
+// The domain commands of `vessel`, modelled on xl and virsh: create, define, undefine, start,
+// list, info, shutdown, reboot, destroy, pause, resume, console, events. Each one talks to
+// the daemon through the TypeScript client (src/client), prints a table or a line for people
+// and JSON with --json, and fails with one line and a non-zero exit.
+
+import { readFileSync } from "node:fs";
+import { createConnection } from "node:net";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { apiSocketPath, defaultPaths } from "../daemon/paths.js";
+import { type DomainSpec, parseDomainSpecText, SpecError } from "../domain/spec.js";
+import { type DomainInfo, VesselApiError, VesselClient } from "../mod.js";
+import { UsageError } from "./args.js";
+
+export interface ConnectFlags {
+  connect?: string;
+  tokenFile?: string;
+}
+
+/** The daemon to talk to: --connect (socket path or http URL), $VESSEL_CONNECT, the default. */
+export function clientFor(flags: ConnectFlags): VesselClient {
+  const target = flags.connect ?? process.env.VESSEL_CONNECT ?? apiSocketPath(defaultPaths());
+  if (/^https?:\/\//.test(target)) {
+    let token = process.env.VESSEL_TOKEN;
+    if (flags.tokenFile) {
+      try {
+        token = readFileSync(flags.tokenFile, "utf8").split("\n")[0]?.trim();
+      } catch (e) {
+        throw new UsageError(
+          `--token-file: cannot read ${flags.tokenFile} (${(e as NodeJS.ErrnoException).code})`,
+        );
+      }
+    }
+    return new VesselClient({ url: target, ...(token ? { token } : {}) });
+  }
+  return new VesselClient({ socketPath: target });
+}
+
+/** Turn API errors into the CLI's one-line errors. */
+async function api<T>(p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (e) {
+    if (e instanceof VesselApiError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** A native spec file; relative paths in it are relative to the file, not to our cwd. */
+export function loadSpecFile(path: string): { spec: DomainSpec; warnings: string[] } {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new UsageError(`${path}: cannot read (${(e as NodeJS.ErrnoException).code})`);
+  }
+  try {
+    const spec = parseDomainSpecText(text, path);
+    return { spec: absolutePaths(spec, dirname(resolve(path))), warnings: [] };
+  } catch (e) {
+    if (e instanceof SpecError) throw new UsageError(`${path}: ${e.message}`);
+    throw e;
+  }
+}
+
+export function absolutePaths(spec: DomainSpec, base: string): DomainSpec {
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  return {
+    ...spec,
+    kernel: abs(spec.kernel),
+    ...(spec.initrd ? { initrd: abs(spec.initrd) } : {}),
+    ...(spec.disks ? { disks: spec.disks.map((d) => ({ ...d, path: abs(d.path) })) } : {}),
+  };
+}
+
+/** Where domain config files are read: replaced by the importers' loader (src/config). */
+export let loadConfig: (path: string, from?: string) => { spec: DomainSpec; warnings: string[] } = (
+  path,
+  from,
+) => {
+  if (from && from !== "native")
+    throw new UsageError(`--from ${from}: only native specs can be read by this build`);
+  return loadSpecFile(path);
+};
+
+export function setConfigLoader(loader: typeof loadConfig): void {
+  loadConfig = loader;
+}
+
+function warn(warnings: readonly string[]): void {
+  for (const w of warnings) process.stderr.write(`vessel: warning: ${w}\n`);
+}
+
+function out(json: boolean | undefined, value: unknown, text: string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : text);
+}
+
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join("  ")
+      .trimEnd();
+  return `${[line(headers), ...rows.map(line)].join("\n")}\n`;
+}
+
+function mib(bytes: number): string {
+  return `${Math.round(bytes / 2 ** 20)} MiB`;
+}
+
+export interface FileFlags extends ConnectFlags {
+  from?: string;
+  json?: boolean;
+  console?: boolean;
+}
+
+export async function createCommand(file: string, flags: FileFlags): Promise<number> {
+  const { spec, warnings } = loadConfig(file, flags.from);
+  warn(warnings);
+  const info = await api(clientFor(flags).create(spec));
+  out(flags.json, info, `Domain ${info.name} created (pid ${info.pid})\n`);
+  if (flags.console) return attachConsole(info);
+  return 0;
+}
+
+export async function defineCommand(file: string, flags: FileFlags): Promise<number> {
+  const { spec, warnings } = loadConfig(file, flags.from);
+  warn(warnings);
+  const info = await api(clientFor(flags).define(spec));
+  out(flags.json, info, `Domain ${info.name} defined from ${file}\n`);
+  return 0;
+}
+
+export interface NameFlags extends ConnectFlags {
+  json?: boolean;
+  wait?: boolean;
+  timeout?: string;
+  console?: boolean;
+}
+
+type Action = "start" | "reboot" | "destroy" | "pause" | "resume" | "undefine";
+const DONE: Record<Action, string> = {
+  start: "started",
+  reboot: "is being rebooted",
+  destroy: "destroyed",
+  pause: "suspended",
+  resume: "resumed",
+  undefine: "has been undefined",
+};
+
+export async function actionCommand(action: Action, name: string, flags: NameFlags) {
+  const client = clientFor(flags);
+  if (action === "undefine") {
+    await api(client.undefine(name));
+    out(flags.json, { name, undefined: true }, `Domain ${name} ${DONE[action]}\n`);
+    return 0;
+  }
+  const info = await api(client[action](name));
+  out(flags.json, info, `Domain ${name} ${DONE[action]}\n`);
+  if (action === "start" && flags.console) return attachConsole(info);
+  return 0;
+}
+
+export async function shutdownCommand(name: string, flags: NameFlags): Promise<number> {
+  let timeoutSeconds: number | undefined;
+  if (flags.timeout !== undefined) {
+    timeoutSeconds = Number(flags.timeout);
+    if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0 || timeoutSeconds > 3600)
+      throw new UsageError(`--timeout: "${flags.timeout}" is not a number of seconds (0..3600]`);
+  }
+  const info = await api(
+    clientFor(flags).shutdown(name, {
+      wait: flags.wait === true,
+      ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}),
+    }),
+  );
+  out(
+    flags.json,
+    info,
+    flags.wait ? `Domain ${name} is shut off\n` : `Domain ${name} is being shut down\n`,
+  );
+  return 0;
+}
+
+export async function listCommand(flags: ConnectFlags & { all?: boolean; json?: boolean }) {
+  const all = await api(clientFor(flags).list());
+  // As in virsh: without --all, only domains that have a VMM (running or paused).
+  const shown = flags.all ? all : all.filter((d) => d.state === "running" || d.state === "paused");
+  out(
+    flags.json,
+    shown,
+    table(
+      ["Name", "State", "Reason", "vCPUs", "Memory", "PID", "Persistent", "Autostart"],
+      shown.map((d) => [
+        d.name,
+        d.state,
+        d.reason,
+        String(d.vcpus),
+        mib(d.memoryBytes),
+        d.pid === null ? "-" : String(d.pid),
+        d.persistent ? "yes" : "no",
+        d.autostart ? "yes" : "no",
+      ]),
+    ),
+  );
+  return 0;
+}
+
+export async function infoCommand(name: string, flags: NameFlags): Promise<number> {
+  const client = clientFor(flags);
+  const info = await api(client.get(name));
+  const stats = info.pid !== null ? await client.stats(name).catch(() => null) : null;
+  const rows: [string, string][] = [
+    ["Name", info.name],
+    ["UUID", info.uuid ?? "-"],
+    ["State", `${info.state} (${info.reason})`],
+    ["vCPUs", String(info.vcpus)],
+    ["Memory", mib(info.memoryBytes)],
+    ["Persistent", info.persistent ? "yes" : "no"],
+    ["Autostart", info.autostart ? "yes" : "no"],
+    ["VMM pid", info.pid === null ? "-" : String(info.pid)],
+    ["Started", info.startedAt ?? "-"],
+    ["Console", info.consoleSocket ?? "-"],
+    ["Kernel", info.spec.kernel],
+  ];
+  const exits = (stats as { exits?: Record<string, number> } | null)?.exits;
+  if (exits) {
+    const total = Object.values(exits).reduce((a, b) => a + b, 0);
+    rows.push(["VM exits", String(total)]);
+  }
+  out(
+    flags.json,
+    { ...info, stats },
+    `${rows.map(([k, v]) => `${`${k}:`.padEnd(12)}${v}`).join("\n")}\n`,
+  );
+  return 0;
+}
+
+export async function consoleCommand(name: string, flags: ConnectFlags): Promise<number> {
+  const info = await api(clientFor(flags).get(name));
+  return attachConsole(info);
+}
+
+const DETACH_BYTE = 0x1d; // Ctrl-]
+
+/** Attach this terminal to the domain's console; Ctrl-] detaches and leaves it running. */
+function attachConsole(info: DomainInfo): Promise<number> {
+  if (!info.consoleSocket)
+    throw new UsageError(`domain ${info.name} is not running (state ${info.state})`);
+  const path = info.consoleSocket;
+  return new Promise((resolveExit, reject) => {
+    const sock = createConnection(path);
+    const stdin = process.stdin;
+    const tty = stdin.isTTY === true;
+    let done = false;
+    const finish = (code: number, message?: string) => {
+      if (done) return;
+      done = true;
+      stdin.off("data", onInput);
+      if (tty) stdin.setRawMode(false);
+      stdin.pause();
+      sock.destroy();
+      if (message) process.stderr.write(message);
+      resolveExit(code);
+    };
+    const onInput = (chunk: Buffer) => {
+      const at = chunk.indexOf(DETACH_BYTE);
+      if (at >= 0) {
+        if (at > 0) sock.write(chunk.subarray(0, at));
+        finish(0, `\nvessel: detached from ${info.name} (it keeps running)\n`);
+        return;
+      }
+      sock.write(chunk);
+    };
+    sock.once("connect", () => {
+      process.stderr.write(`Connected to domain ${info.name}\nEscape character is ^]\n`);
+      if (tty) stdin.setRawMode(true);
+      stdin.on("data", onInput);
+      stdin.resume();
+    });
+    sock.on("data", (b: Buffer) => process.stdout.write(b));
+    sock.on("close", () => finish(0, `\nvessel: the console of ${info.name} closed\n`));
+    sock.once("error", (e: NodeJS.ErrnoException) => {
+      if (!done) {
+        done = true;
+        reject(new UsageError(`cannot attach to the console of ${info.name} (${e.code})`));
+      }
+    });
+  });
+}
+
+export async function eventsCommand(
+  flags: ConnectFlags & { json?: boolean; count?: string; domain?: string },
+): Promise<number> {
+  const limit = flags.count === undefined ? Number.POSITIVE_INFINITY : Number(flags.count);
+  if (!(limit > 0)) throw new UsageError(`--count: "${flags.count}" is not a positive number`);
+  const abort = new AbortController();
+  process.once("SIGINT", () => abort.abort());
+  let seen = 0;
+  try {
+    for await (const e of clientFor(flags).events(abort.signal)) {
+      if (flags.domain && e.domain !== flags.domain) continue;
+      process.stdout.write(
+        flags.json
+          ? `${JSON.stringify(e)}\n`
+          : `${e.time}  ${e.domain.padEnd(16)} ${e.type.padEnd(10)} ${e.reason}\n`,
+      );
+      if (++seen >= limit) break;
+    }
+  } catch (e) {
+    if (e instanceof VesselApiError) throw new UsageError(e.message);
+    throw e;
+  } finally {
+    abort.abort();
+  }
+  return 0;
+}

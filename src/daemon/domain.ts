@@ -1,0 +1,536 @@
+// One domain under the daemon: its definition, its state with a reason (libvirt's model),
+// and its VMM process, which is a separate `vessel run` process in its own session so that
+// the daemon can die and come back without taking guests with it. The daemon never maps
+// guest memory; it talks to the VMM over the per-domain control socket, and learns that the
+// VMM ended when that socket closes, reading how it ended from the outcome file.
+//
+// Operations on one domain are serialised by refusal: while one is in progress a second gets
+// a CONFLICT error naming the first (virsh's "cannot acquire state change lock"), so two
+// never interleave. Waiting for a guest to shut down is not an operation (destroy must stay
+// possible meanwhile).
+
+import { spawn } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import type { DomainEvent, DomainInfo, DomainState } from "../api/schemas.js";
+import { type DomainSpec, sizeBytes, withDefaults } from "../domain/spec.js";
+import { writeFileAtomic } from "../vmm/atomic_file.js";
+import { ControlClient } from "../vmm/control.js";
+import { DomainError } from "./errors.js";
+import { type DaemonPaths, domainRunFiles } from "./paths.js";
+
+export interface DomainContext {
+  paths: DaemonPaths;
+  /** argv prefix that runs `vessel` (node and the bin script). */
+  vesselCommand: readonly string[];
+  /** Pass --slow-kvm to VMMs (test hosts whose /dev/kvm interprets guest code). */
+  slowKvm: boolean;
+  emit(event: Omit<DomainEvent, "seq" | "time">): void;
+  /** A transient domain has stopped for good: forget it. */
+  forget(domain: Domain): void;
+  log(line: string): void;
+}
+
+/** What `vmm.json` records about a started VMM, enough to find it again after a restart. */
+interface RunRecord {
+  pid: number;
+  /** Field 22 of /proc/PID/stat: tells our VMM from a later process that reused the pid. */
+  pidStartTime: string;
+  startedAt: string;
+  spec: DomainSpec;
+  transient: boolean;
+}
+
+interface Live {
+  record: RunRecord;
+  control: ControlClient;
+}
+
+const START_TIMEOUT_MS = 60_000;
+const DESTROY_GRACE_MS = 5_000;
+/** More restarts than this within RESTART_WINDOW_MS means a loop: stop and say crashed. */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
+
+export class Domain {
+  state: DomainState = "shutoff";
+  reason = "unknown";
+  private live: Live | undefined;
+  private operation: string | undefined;
+  /** Set by reboot(): the next power-off starts the guest again (libvirt's ACPI reboot). */
+  private rebootPending = false;
+  private destroying = false;
+  private restarts: number[] = [];
+  private stopWaiters: (() => void)[] = [];
+
+  constructor(
+    /** The persistent definition; undefined for a transient domain. */
+    public definition: DomainSpec | undefined,
+    /** The spec the running VMM was started from (differs from definition after a redefine). */
+    private runningSpec: DomainSpec | undefined,
+    private readonly ctx: DomainContext,
+  ) {}
+
+  get name(): string {
+    return (this.definition ?? this.runningSpec)?.name ?? "?";
+  }
+
+  get spec(): DomainSpec {
+    const s = this.runningSpec ?? this.definition;
+    if (!s) throw new Error("domain without a spec");
+    return s;
+  }
+
+  get active(): boolean {
+    return this.live !== undefined;
+  }
+
+  get busy(): boolean {
+    return this.operation !== undefined;
+  }
+
+  info(): DomainInfo {
+    const spec = this.live ? this.live.record.spec : this.spec;
+    const files = domainRunFiles(this.ctx.paths, this.name);
+    return {
+      name: this.name,
+      uuid: spec.uuid ?? null,
+      state: this.state,
+      reason: this.reason,
+      persistent: this.definition !== undefined,
+      autostart: this.definition?.autostart === true,
+      vcpus: spec.vcpus,
+      memoryBytes: sizeBytes("memory", spec.memory),
+      pid: this.live?.record.pid ?? null,
+      startedAt: this.live?.record.startedAt ?? null,
+      consoleSocket: this.live ? files.console : null,
+      operation: this.operation ?? null,
+      spec: this.definition ?? spec,
+    };
+  }
+
+  /** Run `fn` as this domain's one operation in progress, or refuse. */
+  private async exclusive<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    if (this.operation) {
+      throw new DomainError(
+        "CONFLICT",
+        `domain ${this.name}: ${this.operation} is in progress; try again when it is done`,
+      );
+    }
+    this.operation = op;
+    try {
+      return await fn();
+    } finally {
+      this.operation = undefined;
+    }
+  }
+
+  private setState(state: DomainState, reason: string): void {
+    this.state = state;
+    this.reason = reason;
+  }
+
+  private emit(type: DomainEvent["type"], reason: string): void {
+    this.ctx.emit({ type, reason, domain: this.name, state: this.state });
+  }
+
+  // ---- start -------------------------------------------------------------------------
+
+  start(reason = "booted"): Promise<void> {
+    return this.exclusive("start", () => this.launch(reason));
+  }
+
+  private async launch(reason: string): Promise<void> {
+    if (this.live) throw new DomainError("CONFLICT", `domain ${this.name} is already running`);
+    const spec = this.definition ?? this.runningSpec;
+    if (!spec) throw new DomainError("INVALID", "nothing to start");
+    const files = domainRunFiles(this.ctx.paths, this.name);
+    rmSync(files.dir, { recursive: true, force: true });
+    mkdirSync(files.dir, { recursive: true, mode: 0o700 });
+    const logFd = openSync(files.log, "a", 0o600);
+    const child = spawn(
+      this.ctx.vesselCommand[0] ?? process.execPath,
+      [...this.ctx.vesselCommand.slice(1), "run", ...runFlags(spec, files, this.ctx.slowKvm)],
+      // Its own session: a signal to the daemon's process group does not reach guests.
+      { detached: true, stdio: ["ignore", logFd, logFd] },
+    );
+    closeSync(logFd);
+    const exited = new Promise<number | null>((resolve) => {
+      child.once("exit", (code) => resolve(code));
+      child.once("error", () => resolve(-1));
+    });
+    child.unref();
+    const pid = child.pid;
+    if (pid === undefined) {
+      await exited;
+      throw new DomainError("START_FAILED", `domain ${this.name}: cannot run the VMM`);
+    }
+    const record: RunRecord = {
+      pid,
+      pidStartTime: pidStartTime(pid) ?? "",
+      startedAt: new Date().toISOString(),
+      spec,
+      transient: this.definition === undefined,
+    };
+    writeFileAtomic(files.record, `${JSON.stringify(record)}\n`);
+    // Ready when the control socket answers; a VMM that exits first failed to start, and the
+    // last line of its log says why (it is one line by design: see src/cli/main.ts).
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    let control: ControlClient | undefined;
+    let exitCode: number | null | undefined;
+    void exited.then((c) => {
+      exitCode = c;
+    });
+    while (!control) {
+      if (exitCode !== undefined) break;
+      if (Date.now() > deadline) {
+        process.kill(pid, "SIGKILL");
+        break;
+      }
+      if (existsSync(files.control)) {
+        try {
+          control = await ControlClient.connect(files.control, 1000);
+          break;
+        } catch {
+          // not listening yet
+        }
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!control) {
+      await exited;
+      const why = lastLine(files.log) ?? "it exited before it was ready";
+      rmSync(files.dir, { recursive: true, force: true });
+      this.setState("shutoff", "failed");
+      throw new DomainError("START_FAILED", `domain ${this.name} failed to start: ${why}`);
+    }
+    this.runningSpec = spec;
+    this.attach({ record, control });
+    this.setState("running", reason);
+    this.emit("started", reason);
+  }
+
+  private attach(live: Live): void {
+    this.live = live;
+    void live.control.closed.then(() => this.vmmGone(live));
+  }
+
+  // ---- finding it again after a daemon restart ---------------------------------------
+
+  /** Look for a VMM this domain had before the daemon restarted; true if one was found. */
+  async adopt(): Promise<boolean> {
+    const files = domainRunFiles(this.ctx.paths, this.name);
+    const record = readRecord(files.record);
+    if (!record) return false;
+    this.runningSpec = record.spec;
+    const alive = pidStartTime(record.pid) === record.pidStartTime && record.pidStartTime !== "";
+    if (alive) {
+      try {
+        const control = await ControlClient.connect(files.control, 3000);
+        const status = (await control.request("status")) as { state?: string };
+        this.live = undefined;
+        this.attach({ record, control });
+        if (status.state === "paused") this.setState("paused", "user");
+        else this.setState("running", "booted");
+        return true;
+      } catch (e) {
+        this.ctx.log(
+          `domain ${this.name}: VMM ${record.pid} is alive but does not answer (${String(e)}); killing it`,
+        );
+        process.kill(record.pid, "SIGKILL");
+      }
+    }
+    // It ended while the daemon was away: handle the end now, as if we had seen it.
+    await this.ended(record, files);
+    return true;
+  }
+
+  // ---- the VMM ended -----------------------------------------------------------------
+
+  private async vmmGone(live: Live): Promise<void> {
+    if (this.live !== live) return;
+    this.live = undefined;
+    // The socket closes just before the process exits; give it a moment to be gone so a
+    // restart does not race the old process for the socket paths.
+    for (let i = 0; i < 100 && pidStartTime(live.record.pid) === live.record.pidStartTime; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    await this.ended(live.record, domainRunFiles(this.ctx.paths, this.name));
+  }
+
+  private async ended(record: RunRecord, files: ReturnType<typeof domainRunFiles>) {
+    const outcome = readOutcome(files.outcome);
+    const spec = withDefaults(record.spec);
+    const destroyed = this.destroying;
+    this.destroying = false;
+    const rebooting = this.rebootPending;
+    this.rebootPending = false;
+    rmSync(files.dir, { recursive: true, force: true });
+    this.runningSpec = record.spec;
+
+    let action: "destroy" | "restart" | "preserve";
+    let crashReason: string | undefined;
+    if (destroyed || outcome?.kind === "stopped") {
+      this.setState("shutoff", "destroyed");
+      this.emit("stopped", "destroyed");
+      action = "destroy";
+    } else if (outcome?.kind === "poweroff") {
+      this.setState("shutoff", "shutdown");
+      this.emit("shutdown", "finished");
+      this.emit("stopped", "shutdown");
+      action = rebooting ? "restart" : spec.onPoweroff;
+    } else if (outcome?.kind === "reboot") {
+      this.setState("shutoff", "shutdown");
+      this.emit("shutdown", "finished");
+      this.emit("stopped", "shutdown");
+      action = spec.onReboot;
+    } else {
+      // No outcome file: the VMM was killed. Otherwise the guest or the VMM failed.
+      crashReason = outcome ? outcome.kind : "killed";
+      this.setState("crashed", crashReason);
+      this.emit("crashed", crashReason);
+      action = spec.onCrash;
+    }
+    this.wakeStopWaiters();
+
+    if (action === "restart" && !this.restartLoop()) {
+      try {
+        await this.exclusive("restart", () => this.launch(rebooting ? "booted" : "restarted"));
+        return;
+      } catch (e) {
+        this.ctx.log(`domain ${this.name}: restart failed: ${String(e)}`);
+        this.setState("crashed", "restart-failed");
+        this.emit("crashed", "restart-failed");
+        return;
+      }
+    }
+    if (action === "restart") {
+      this.ctx.log(`domain ${this.name}: restarted ${MAX_RESTARTS} times in a minute; giving up`);
+      this.setState("crashed", "restart-loop");
+      this.emit("crashed", "restart-loop");
+      return;
+    }
+    if (crashReason !== undefined && action === "destroy") {
+      this.setState("shutoff", "crashed");
+      this.emit("stopped", "crashed");
+    }
+    // preserve after a crash keeps "crashed" visible until destroy; after a power-off there is
+    // no process left to preserve, so it is shut off.
+    if (this.state === "shutoff" && !this.definition) this.ctx.forget(this);
+  }
+
+  private restartLoop(): boolean {
+    const now = Date.now();
+    this.restarts = this.restarts.filter((t) => now - t < RESTART_WINDOW_MS);
+    this.restarts.push(now);
+    return this.restarts.length > MAX_RESTARTS;
+  }
+
+  private wakeStopWaiters(): void {
+    for (const w of this.stopWaiters.splice(0)) w();
+  }
+
+  /** Resolves when the current run ends (true) or after `timeoutMs` (false). */
+  private waitForStop(timeoutMs: number): Promise<boolean> {
+    if (!this.live) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.stopWaiters = this.stopWaiters.filter((w) => w !== done);
+        resolve(false);
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.stopWaiters.push(done);
+    });
+  }
+
+  // ---- lifecycle operations ----------------------------------------------------------
+
+  private requireLive(what: string): Live {
+    if (!this.live)
+      throw new DomainError("CONFLICT", `domain ${this.name} is not running (cannot ${what})`);
+    return this.live;
+  }
+
+  /** Press the power button; with `wait`, until the guest is off or the timeout passes. */
+  async shutdown(opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    await this.exclusive("shutdown", async () => {
+      const live = this.requireLive("shut down");
+      if (this.state === "paused")
+        throw new DomainError("CONFLICT", `domain ${this.name} is paused; resume it first`);
+      await live.control.request("power-button");
+    });
+    if (!opts.wait) return;
+    const timeoutMs = opts.timeoutMs ?? 120_000;
+    if (!(await this.waitForStop(timeoutMs))) {
+      throw new DomainError(
+        "TIMEOUT",
+        `domain ${this.name} did not shut down within ${timeoutMs / 1000} s; it is still running (destroy forces it off)`,
+      );
+    }
+  }
+
+  /** ACPI reboot as libvirt does it: power button, then start again when the guest is off. */
+  async reboot(): Promise<void> {
+    await this.exclusive("reboot", async () => {
+      const live = this.requireLive("reboot");
+      if (this.state === "paused")
+        throw new DomainError("CONFLICT", `domain ${this.name} is paused; resume it first`);
+      this.rebootPending = true;
+      await live.control.request("power-button");
+    });
+  }
+
+  /** Force it off: ask the VMM to stop, then SIGKILL if it does not within a few seconds. */
+  async destroy(): Promise<void> {
+    await this.exclusive("destroy", async () => {
+      if (!this.live) {
+        if (this.state === "crashed") {
+          this.setState("shutoff", "destroyed");
+          this.emit("stopped", "destroyed");
+          if (!this.definition) this.ctx.forget(this);
+          return;
+        }
+        throw new DomainError("CONFLICT", `domain ${this.name} is not running`);
+      }
+      const live = this.live;
+      this.destroying = true;
+      const stopped = this.waitForStop(DESTROY_GRACE_MS);
+      live.control.request("stop", {}, 1000).catch(() => {});
+      if (!(await stopped)) {
+        try {
+          process.kill(live.record.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+        await this.waitForStop(DESTROY_GRACE_MS);
+      }
+    });
+  }
+
+  async pause(): Promise<void> {
+    await this.exclusive("pause", async () => {
+      const live = this.requireLive("pause");
+      if (this.state === "paused") throw new DomainError("CONFLICT", `${this.name} is paused`);
+      await live.control.request("pause");
+      this.setState("paused", "user");
+      this.emit("suspended", "paused");
+    });
+  }
+
+  async resume(): Promise<void> {
+    await this.exclusive("resume", async () => {
+      const live = this.requireLive("resume");
+      if (this.state !== "paused")
+        throw new DomainError("CONFLICT", `domain ${this.name} is not paused`);
+      await live.control.request("resume");
+      this.setState("running", "unpaused");
+      this.emit("resumed", "unpaused");
+    });
+  }
+
+  /** Ask the VMM for its counters (null when it is not running). */
+  async stats(): Promise<unknown> {
+    if (!this.live) return null;
+    return this.live.control.request("stats");
+  }
+
+  /** Drop the connection without touching the VMM (daemon shutdown: guests keep running). */
+  detach(): void {
+    const live = this.live;
+    this.live = undefined;
+    live?.control.close();
+  }
+}
+
+/** `vessel run` flags for a spec; the spec was validated when it was defined. */
+export function runFlags(
+  spec: DomainSpec,
+  files: ReturnType<typeof domainRunFiles>,
+  slowKvm: boolean,
+): string[] {
+  const s = withDefaults(spec);
+  const flags = [
+    "--name",
+    s.name,
+    "--kernel",
+    s.kernel,
+    "--memory",
+    `${sizeBytes("memory", s.memory) / 1024}K`,
+    "--cpus",
+    String(s.vcpus),
+    "--console",
+    s.console,
+    "--control-socket",
+    files.control,
+    "--console-socket",
+    files.console,
+    "--outcome-file",
+    files.outcome,
+  ];
+  if (s.initrd) flags.push("--initrd", s.initrd);
+  if (s.cmdline !== undefined) flags.push("--cmdline", s.cmdline);
+  for (const d of s.disks) {
+    flags.push(
+      "--disk",
+      [d.path, ...(d.readOnly ? ["ro"] : []), ...(d.serial ? [`serial=${d.serial}`] : [])].join(
+        ",",
+      ),
+    );
+  }
+  for (const n of s.nets) flags.push("--net", `tap=${n.tap}${n.mac ? `,mac=${n.mac}` : ""}`);
+  if (s.rng) flags.push("--rng");
+  if (s.balloon) flags.push("--balloon");
+  if (slowKvm) flags.push("--slow-kvm");
+  return flags;
+}
+
+function pidStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) may hold spaces and parentheses; fields follow the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const state = fields[0];
+    if (state === "Z" || state === "X") return undefined;
+    return fields[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function readRecord(path: string): RunRecord | undefined {
+  try {
+    const r = JSON.parse(readFileSync(path, "utf8")) as RunRecord;
+    if (typeof r.pid !== "number" || typeof r.spec !== "object") return undefined;
+    return r;
+  } catch {
+    return undefined;
+  }
+}
+
+function readOutcome(path: string): { kind: string } | undefined {
+  try {
+    const o = JSON.parse(readFileSync(path, "utf8")) as { outcome?: { kind?: unknown } };
+    return typeof o.outcome?.kind === "string" ? { kind: o.outcome.kind } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function lastLine(path: string): string | undefined {
+  try {
+    if (statSync(path).size === 0) return undefined;
+    const lines = readFileSync(path, "utf8").trim().split("\n");
+    return lines[lines.length - 1]?.replace(/^vessel: /, "");
+  } catch {
+    return undefined;
+  }
+}
