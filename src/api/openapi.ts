@@ -32,13 +32,17 @@ const nameParam = {
   schema: { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$" },
 };
 
-function action(summary: string, extra: Json = {}): Json {
+function action(summary: string, extra: Json = {}, more: Json = {}): Json {
   return {
     post: {
       summary,
       parameters: [nameParam],
       ...extra,
-      responses: { "200": json("DomainInfo", "the domain after the operation"), ...errors },
+      responses: {
+        "200": json("DomainInfo", "the domain after the operation"),
+        ...errors,
+        ...more,
+      },
     },
   };
 }
@@ -112,6 +116,7 @@ export function openApiDocument(): Json {
             content: { "application/json": { schema: ref("ShutdownRequest") } },
           },
         },
+        { "504": json("ErrorBody", "wait: the guest did not shut down in time (it still runs)") },
       ),
       "/v1/domains/{name}/reboot": action("ACPI reboot: power button, then start again"),
       "/v1/domains/{name}/destroy": action("force off (stop the VMM, SIGKILL if it must)"),

@@ -206,4 +206,7 @@ try {
     exitCode = 1;
   }
 }
+// Let piped output drain first: process.exit() does not wait for it, and a long --json
+// answer to a pipe would be cut short.
+await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
 process.exit(exitCode);

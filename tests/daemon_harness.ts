@@ -1,0 +1,162 @@
+// Test harness for the control plane: runs a real `vessel daemon` process in private state
+// and runtime directories (so SIGKILL means what it means in production), a client for it,
+// and a checker that validates every API answer against docs/openapi.json with Ajv, an
+// implementation independent of the TypeBox schemas the daemon is built from.
+
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Ajv2020 } from "ajv/dist/2020.js";
+import { VesselClient } from "../src/client/client.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+export const VESSEL_BIN = join(ROOT, "bin", "vessel.js");
+export const OPENAPI = JSON.parse(readFileSync(join(ROOT, "docs", "openapi.json"), "utf8")) as {
+  paths: Record<string, Record<string, { responses: Record<string, OpenApiResponse> }>>;
+};
+
+interface OpenApiResponse {
+  content?: Record<string, { schema: unknown }>;
+}
+
+const ajv = new Ajv2020({ strict: false, allErrors: false });
+ajv.addSchema(OPENAPI as object, "openapi");
+
+/** Rewrite the document's local refs so Ajv resolves them inside the registered document. */
+function anchored(schema: unknown): unknown {
+  return JSON.parse(
+    JSON.stringify(schema).replaceAll('"#/components/', '"openapi#/components/'),
+  ) as unknown;
+}
+
+/** Assert that an answer is one the OpenAPI document allows for this route. */
+export function checkAgainstOpenApi(
+  method: string,
+  route: string,
+  status: number,
+  body: string,
+): void {
+  const op = OPENAPI.paths[route]?.[method.toLowerCase()];
+  assert.ok(op, `OpenAPI has no ${method} ${route}`);
+  const response = op.responses[String(status)];
+  assert.ok(response, `OpenAPI allows no ${status} for ${method} ${route} (body ${body})`);
+  const schema = response.content?.["application/json"]?.schema;
+  if (!schema) return;
+  const validate = ajv.compile(anchored(schema) as object);
+  const value = JSON.parse(body) as unknown;
+  assert.ok(
+    validate(value),
+    `${method} ${route} ${status}: ${ajv.errorsText(validate.errors)} in ${body.slice(0, 500)}`,
+  );
+}
+
+export interface DaemonUnderTest {
+  dir: string;
+  stateDir: string;
+  runtimeDir: string;
+  socket: string;
+  client: VesselClient;
+  process: ChildProcess;
+  log(): string;
+  /** Call the API and check the answer against the OpenAPI document. */
+  call(
+    method: string,
+    route: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: unknown }>;
+}
+
+/** Start `vessel daemon` (again, when `dir` is given) and wait until it answers. */
+export async function startDaemon(
+  opts: { dir?: string; args?: string[] } = {},
+): Promise<DaemonUnderTest> {
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "vessel-daemon-test-"));
+  const stateDir = join(dir, "state");
+  const runtimeDir = join(dir, "run");
+  const socket = join(runtimeDir, "api.sock");
+  const logs: Buffer[] = [];
+  const child = spawn(
+    process.execPath,
+    [
+      VESSEL_BIN,
+      "daemon",
+      "--state-dir",
+      stateDir,
+      "--runtime-dir",
+      runtimeDir,
+      "--slow-kvm",
+      ...(opts.args ?? []),
+    ],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  child.stdout?.on("data", (b: Buffer) => logs.push(b));
+  child.stderr?.on("data", (b: Buffer) => logs.push(b));
+  const client = new VesselClient({ socketPath: socket });
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null)
+      throw new Error(`the daemon exited: ${Buffer.concat(logs).toString()}`);
+    if (existsSync(socket)) {
+      try {
+        await client.version();
+        break;
+      } catch {
+        // not serving yet
+      }
+    }
+    if (Date.now() > deadline) throw new Error("the daemon did not start within 20 s");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    dir,
+    stateDir,
+    runtimeDir,
+    socket,
+    client,
+    process: child,
+    log: () => Buffer.concat(logs).toString(),
+    call: async (method, route, path, body) => {
+      const r = await client.raw(method, path, body);
+      checkAgainstOpenApi(method, route, r.status, r.body);
+      return { status: r.status, json: r.body ? (JSON.parse(r.body) as unknown) : undefined };
+    },
+  };
+}
+
+export async function stopDaemon(d: DaemonUnderTest, signal: NodeJS.Signals = "SIGTERM") {
+  if (d.process.exitCode !== null || d.process.signalCode !== null) return;
+  const exited = new Promise((r) => d.process.once("exit", r));
+  d.process.kill(signal);
+  await exited;
+}
+
+/** Kill every VMM a test left behind (by the pids the daemon reported) and remove its files. */
+export async function cleanUp(d: DaemonUnderTest, pids: Iterable<number>): Promise<void> {
+  await stopDaemon(d, "SIGKILL");
+  for (const pid of pids) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  rmSync(d.dir, { recursive: true, force: true });
+}
+
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
