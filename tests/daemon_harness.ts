@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -134,14 +134,15 @@ export async function stopDaemon(d: DaemonUnderTest, signal: NodeJS.Signals = "S
   await exited;
 }
 
-/** Kill every VMM a test left behind (by the pids the daemon reported) and remove its files. */
-export async function cleanUp(d: DaemonUnderTest, pids: Iterable<number>): Promise<void> {
+/** Kill the daemon and every VMM a test left behind (any process naming its directory). */
+export async function cleanUp(d: DaemonUnderTest): Promise<void> {
   await stopDaemon(d, "SIGKILL");
-  for (const pid of pids) {
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
-      process.kill(pid, "SIGKILL");
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (cmdline.includes(d.dir)) process.kill(Number(pid), "SIGKILL");
     } catch {
-      // already gone
+      // gone meanwhile
     }
   }
   rmSync(d.dir, { recursive: true, force: true });
