@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -72,7 +73,7 @@ export interface DaemonUnderTest {
 
 /** Start `vessel daemon` (again, when `dir` is given) and wait until it answers. */
 export async function startDaemon(
-  opts: { dir?: string; args?: string[] } = {},
+  opts: { dir?: string; args?: string[]; slowKvm?: boolean } = {},
 ): Promise<DaemonUnderTest> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "vessel-daemon-test-"));
   const stateDir = join(dir, "state");
@@ -88,7 +89,7 @@ export async function startDaemon(
       stateDir,
       "--runtime-dir",
       runtimeDir,
-      "--slow-kvm",
+      ...(opts.slowKvm === false ? [] : ["--slow-kvm"]),
       ...(opts.args ?? []),
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
@@ -159,5 +160,45 @@ export async function waitFor<T>(
     if (v !== undefined) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A console attached through a domain's console socket, as `vessel console` does it. */
+export class ConsoleSession {
+  private text = "";
+  private constructor(private readonly socket: Socket) {
+    socket.on("data", (b: Buffer) => {
+      this.text += b.toString("latin1");
+    });
+    socket.on("error", () => {});
+  }
+
+  static connect(path: string): Promise<ConsoleSession> {
+    return new Promise((resolve, reject) => {
+      const s = createConnection(path);
+      s.once("connect", () => resolve(new ConsoleSession(s)));
+      s.once("error", reject);
+    });
+  }
+
+  get output(): string {
+    return this.text;
+  }
+
+  /** Wait until `marker` appears in what this session has seen. */
+  async waitFor(marker: string, timeoutMs = 60_000): Promise<void> {
+    await waitFor(
+      `"${marker}" on the console (seen: ${JSON.stringify(this.text.slice(-300))})`,
+      () => (this.text.includes(marker) ? true : undefined),
+      timeoutMs,
+    );
+  }
+
+  type(text: string): void {
+    this.socket.write(text);
+  }
+
+  close(): void {
+    this.socket.destroy();
   }
 }

@@ -1,0 +1,67 @@
+// Lab cases for the control plane (issue #4): real Linux guests under `vessel daemon` on real
+// KVM (domain_scenario.ts does the work and reports each step), and the load script.
+
+import assert from "node:assert/strict";
+import { shQuote } from "../../src/lab/mod.js";
+import { type LabCase, ROOT } from "./cases.js";
+
+const node = (script: string, args = "") => `node ${shQuote(`${ROOT}dist/${script}`)} ${args}`;
+
+const EXPECTED = [
+  "define nat",
+  "define xl",
+  "define lv",
+  "define fc",
+  "start nat",
+  "start xl",
+  "start lv",
+  "start fc",
+  "console nat",
+  "console xl",
+  "console lv",
+  "console fc",
+  "daemon SIGKILL and restart finds every domain",
+  "kill -9 of a VMM: crashed, on_crash=preserve applied",
+  "reboot nat through ACPI: it comes back with a new VMM",
+  "shutdown --wait nat through the power button",
+  "shutdown --wait lv through the power button",
+  "shutdown --wait fc through the power button",
+];
+
+export const domainCases: LabCase[] = [
+  {
+    scenario: {
+      name: "domains: native, xl.cfg, libvirt XML and Firecracker configs boot under the daemon; consoles, daemon restart, crash, reboot, shutdown",
+      script: node("tests/lab/domain_scenario.js"),
+      timeoutSec: 1200,
+    },
+    check: (r) => {
+      const failed = r.output.split("\n").filter((l) => /^CHECK .* FAILED/.test(l));
+      assert.deepEqual(failed, [], "steps failed");
+      for (const step of EXPECTED)
+        assert.match(
+          r.output,
+          new RegExp(`^CHECK ${step.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} ok`, "m"),
+        );
+      assert.match(r.output, /DOMAIN-SCENARIO-DONE failures=0/);
+      assert.equal(r.exitCode, 0);
+    },
+  },
+  {
+    scenario: {
+      name: "domains: the load script starts and destroys 50 small domains, 4 at a time, without a failure",
+      script: node("bench/domains_load.js", "--domains 50 --concurrency 4 --json"),
+      timeoutSec: 600,
+    },
+    check: (r) => {
+      const line = r.output.split("\n").find((l) => l.startsWith("{"));
+      assert.ok(line, "no result line");
+      const result = JSON.parse(line) as { failures: number; domains: number; leftOver: number };
+      process.stderr.write(`lab: domains load: ${line}\n`);
+      assert.equal(result.domains, 50);
+      assert.equal(result.failures, 0);
+      assert.equal(result.leftOver, 0);
+      assert.equal(r.exitCode, 0);
+    },
+  },
+];
