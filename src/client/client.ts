@@ -59,6 +59,9 @@ export class VesselClient {
         {
           ...t,
           method,
+          // A fresh connection per request: Node's default agent keeps sockets alive, and a
+          // request written to one the daemon has just closed as idle fails with EPIPE.
+          agent: false,
           headers: {
             ...("headers" in t ? t.headers : {}),
             ...(payload
@@ -168,7 +171,7 @@ export class VesselClient {
   async *events(signal?: AbortSignal): AsyncGenerator<DomainEvent> {
     const t = this.target("/v1/events");
     const res = await new Promise<import("node:http").IncomingMessage>((resolve, reject) => {
-      const req = request({ ...t, method: "GET", signal }, resolve);
+      const req = request({ ...t, method: "GET", signal, agent: false }, resolve);
       req.on("error", reject);
       req.end();
     });

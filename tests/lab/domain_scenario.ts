@@ -194,7 +194,8 @@ try {
       },
       180_000,
     );
-    const c = await ConsoleSession.connect(info.consoleSocket ?? "");
+    if (!info.consoleSocket) throw new Error(`no console socket: ${JSON.stringify(info)}`);
+    const c = await ConsoleSession.connect(info.consoleSocket);
     await c.waitFor(INIT_READY_MARKER, 240_000);
     c.close();
   });
