@@ -122,6 +122,24 @@ export function openApiDocument(): Json {
       "/v1/domains/{name}/destroy": action("force off (stop the VMM, SIGKILL if it must)"),
       "/v1/domains/{name}/pause": action("stop the vCPUs"),
       "/v1/domains/{name}/resume": action("let the vCPUs run again"),
+      "/v1/domains/{name}/memory": {
+        get: {
+          summary:
+            "memory: the balloon's target and statistics (the guest's view) and the VMM's resident memory (the host's)",
+          parameters: [nameParam],
+          responses: { "200": json("MemoryReport", "memory"), ...errors },
+        },
+        put: {
+          summary:
+            "mem-set: drive the balloon so the guest has this much RAM (64 MiB .. maxMemory)",
+          parameters: [nameParam],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: ref("MemoryRequest") } },
+          },
+          responses: { "200": json("MemoryReport", "memory after the request"), ...errors },
+        },
+      },
       "/v1/domains/{name}/stats": {
         get: {
           summary: "the VMM's counters (exits by reason, buses, devices)",

@@ -3,7 +3,7 @@
 // their Static<> types, so the three cannot drift apart.
 
 import { type Static, Type } from "@sinclair/typebox";
-import { DomainSpec } from "../domain/spec.js";
+import { DomainSpec, Size } from "../domain/spec.js";
 
 export { DomainSpec };
 
@@ -90,6 +90,27 @@ export const ShutdownRequest = Type.Object(
 );
 export type ShutdownRequest = Static<typeof ShutdownRequest>;
 
+export const MemoryRequest = Type.Object(
+  { size: Size },
+  { additionalProperties: false, $id: "MemoryRequest" },
+);
+export type MemoryRequest = Static<typeof MemoryRequest>;
+
+export const MemoryReport = Type.Object(
+  {
+    /** RAM the VMM gave the guest at boot (maxMemory with a balloon). */
+    bootBytes: Type.Integer(),
+    /** What the guest should have: memory, or the last mem-set. */
+    targetBytes: Type.Integer(),
+    /** The host's view: the VMM process's resident memory. */
+    vmmResidentBytes: Type.Union([Type.Integer(), Type.Null()]),
+    /** The guest's view, from virtio-balloon (null without a balloon). */
+    balloon: Type.Union([Type.Object({}, { additionalProperties: true }), Type.Null()]),
+  },
+  { additionalProperties: false, $id: "MemoryReport" },
+);
+export type MemoryReport = Static<typeof MemoryReport>;
+
 export const VersionInfo = Type.Object(
   {
     name: Type.Literal("vessel"),
@@ -112,5 +133,7 @@ export const SCHEMAS = [
   DomainEvent,
   ErrorBody,
   ShutdownRequest,
+  MemoryRequest,
+  MemoryReport,
   VersionInfo,
 ] as const;

@@ -12,8 +12,15 @@ import { type Context, Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import type { Daemon } from "../daemon/daemon.js";
 import { DomainError } from "../daemon/errors.js";
+import { sizeBytes } from "../domain/spec.js";
 import { openApiDocument } from "./openapi.js";
-import { type DomainEvent, type ErrorBody, ShutdownRequest, type VersionInfo } from "./schemas.js";
+import {
+  type DomainEvent,
+  type ErrorBody,
+  MemoryRequest,
+  ShutdownRequest,
+  type VersionInfo,
+} from "./schemas.js";
 
 const VERSION = "0.1.0";
 /** A domain spec is small; anything bigger is refused before parsing. */
@@ -106,6 +113,27 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
     const stats = await d.stats();
     if (stats === null) throw new DomainError("CONFLICT", `domain ${d.name} is not running`);
     return c.json(stats as Record<string, unknown>);
+  });
+  app.get("/v1/domains/:name/memory", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    const report = await d.memoryReport();
+    if (report === null) throw new DomainError("CONFLICT", `domain ${d.name} is not running`);
+    return c.json(report);
+  });
+  app.put("/v1/domains/:name/memory", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    const body = await readJson(c, true);
+    const bad = Value.Errors(MemoryRequest, body).First();
+    if (bad)
+      throw new DomainError("INVALID", `${bad.path.replace(/^\//, "") || "body"}: ${bad.message}`);
+    let bytes: number;
+    try {
+      bytes = sizeBytes("size", (body as MemoryRequest).size);
+    } catch (e) {
+      throw new DomainError("INVALID", e instanceof Error ? e.message : String(e));
+    }
+    await d.setMemory(bytes);
+    return c.json((await d.memoryReport()) ?? {});
   });
   app.post("/v1/domains/:name/:action", async (c) => {
     const d = daemon.get(c.req.param("name"));

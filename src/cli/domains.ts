@@ -223,6 +223,15 @@ export async function infoCommand(name: string, flags: NameFlags): Promise<numbe
     ["Console", info.consoleSocket ?? "-"],
     ["Kernel", info.spec.kernel],
   ];
+  const memory = info.pid !== null ? await client.memory(name).catch(() => null) : null;
+  if (memory) {
+    rows.push(["Mem target", mib(memory.targetBytes)]);
+    if (memory.vmmResidentBytes !== null) rows.push(["VMM RSS", mib(memory.vmmResidentBytes)]);
+    const guest = (memory.balloon as { guest?: Record<string, number> } | null)?.guest;
+    if (guest) {
+      for (const [k, v] of Object.entries(guest)) rows.push([`Guest ${k}`, String(v)]);
+    }
+  }
   const exits = (stats as { exits?: Record<string, number> } | null)?.exits;
   if (exits) {
     const total = Object.values(exits).reduce((a, b) => a + b, 0);
@@ -230,8 +239,20 @@ export async function infoCommand(name: string, flags: NameFlags): Promise<numbe
   }
   out(
     flags.json,
-    { ...info, stats },
+    { ...info, stats, memory },
     `${rows.map(([k, v]) => `${`${k}:`.padEnd(12)}${v}`).join("\n")}\n`,
+  );
+  return 0;
+}
+
+export async function memSetCommand(name: string, size: string, flags: NameFlags) {
+  const report = await api(
+    clientFor(flags).setMemory(name, /^\d+$/.test(size) ? `${size}M` : size),
+  );
+  out(
+    flags.json,
+    report,
+    `Domain ${name}: balloon target set, guest memory ${mib(report.targetBytes)}\n`,
   );
   return 0;
 }

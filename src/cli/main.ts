@@ -174,6 +174,12 @@ daemonCommand("list", "list running domains (--all: defined ones too)")
   .action(async (opts) => {
     exitCode = await (await domainsModule()).listCommand(opts);
   });
+daemonCommand("mem-set", "set a domain's memory through its balloon (xl mem-set)")
+  .argument("<domain>")
+  .argument("<size>", "e.g. 256M or 1G (plain numbers are MiB)")
+  .action(async (domain: string, size: string, opts) => {
+    exitCode = await (await domainsModule()).memSetCommand(domain, size, opts);
+  });
 daemonCommand("info", "a domain's state, resources and counters")
   .argument("<domain>")
   .action(async (domain: string, opts) => {

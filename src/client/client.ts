@@ -10,11 +10,12 @@ import type {
   DomainList,
   DomainSpec,
   ErrorBody,
+  MemoryReport,
   ShutdownRequest,
   VersionInfo,
 } from "../api/schemas.js";
 
-export type { DomainEvent, DomainInfo, DomainSpec, VersionInfo };
+export type { DomainEvent, DomainInfo, DomainSpec, MemoryReport, VersionInfo };
 
 export type ClientOptions = { socketPath: string } | { url: string; token?: string };
 
@@ -159,6 +160,13 @@ export class VesselClient {
   }
   resume(name: string): Promise<DomainInfo> {
     return this.action(name, "resume");
+  }
+  /** mem-set: `size` in bytes or text like "512M". */
+  setMemory(name: string, size: number | string): Promise<MemoryReport> {
+    return this.call("PUT", `/v1/domains/${encodeURIComponent(name)}/memory`, { size });
+  }
+  memory(name: string): Promise<MemoryReport> {
+    return this.call("GET", `/v1/domains/${encodeURIComponent(name)}/memory`);
   }
   stats(name: string): Promise<Record<string, unknown>> {
     return this.call("GET", `/v1/domains/${encodeURIComponent(name)}/stats`);

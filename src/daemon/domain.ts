@@ -69,6 +69,8 @@ export class Domain {
   private destroying = false;
   private restarts: number[] = [];
   private stopWaiters: (() => void)[] = [];
+  /** What mem-set last asked for (undefined: the spec's memory). */
+  private memoryTarget: number | undefined;
 
   constructor(
     /** The persistent definition; undefined for a transient domain. */
@@ -213,6 +215,14 @@ export class Domain {
     }
     this.runningSpec = spec;
     this.attach({ record, control });
+    this.memoryTarget = undefined;
+    // Booted with maxMemory: the balloon holds back what is above memory from the start.
+    const held = bootMemory(spec) - sizeBytes("memory", spec.memory);
+    if (spec.balloon && held > 0) {
+      await control.request("balloon", { targetBytes: held }).catch((e) => {
+        this.ctx.log(`domain ${this.name}: initial balloon target not set: ${e}`);
+      });
+    }
     this.setState("running", reason);
     this.emit("started", reason);
   }
@@ -437,6 +447,45 @@ export class Domain {
     });
   }
 
+  /**
+   * Drive the balloon so the guest has `bytes` of RAM: the VMM booted it with maxMemory
+   * (or memory), and the balloon holds back the difference, as xl mem-set does.
+   */
+  async setMemory(bytes: number): Promise<void> {
+    await this.exclusive("mem-set", async () => {
+      const live = this.requireLive("set its memory");
+      const spec = live.record.spec;
+      if (!spec.balloon)
+        throw new DomainError("CONFLICT", `domain ${this.name} has no balloon (balloon: true)`);
+      const boot = bootMemory(spec);
+      if (!Number.isSafeInteger(bytes) || bytes < MIN_GUEST_MEMORY || bytes > boot) {
+        throw new DomainError(
+          "INVALID",
+          `size: must be between ${MIN_GUEST_MEMORY / 2 ** 20} MiB and ${boot / 2 ** 20} MiB (maxMemory)`,
+        );
+      }
+      await live.control.request("balloon", { targetBytes: boot - bytes });
+      this.memoryTarget = bytes;
+    });
+  }
+
+  /** The balloon's view (guest statistics) and the host's (the VMM's resident memory). */
+  async memoryReport(): Promise<Record<string, unknown> | null> {
+    if (!this.live) return null;
+    const spec = this.live.record.spec;
+    const rssBytes = residentBytes(this.live.record.pid);
+    let balloon: unknown = null;
+    if (spec.balloon) {
+      balloon = await this.live.control.request("balloon-stats").catch(() => null);
+    }
+    return {
+      bootBytes: bootMemory(spec),
+      targetBytes: this.memoryTarget ?? sizeBytes("memory", spec.memory),
+      vmmResidentBytes: rssBytes,
+      balloon,
+    };
+  }
+
   /** Ask the VMM for its counters (null when it is not running). */
   async stats(): Promise<unknown> {
     if (!this.live) return null;
@@ -464,7 +513,7 @@ export function runFlags(
     "--kernel",
     s.kernel,
     "--memory",
-    `${sizeBytes("memory", s.memory) / 1024}K`,
+    `${bootMemory(s) / 1024}K`,
     "--cpus",
     String(s.vcpus),
     "--console",
@@ -491,6 +540,25 @@ export function runFlags(
   if (s.balloon) flags.push("--balloon");
   if (slowKvm) flags.push("--slow-kvm");
   return flags;
+}
+
+/** Below this a Linux guest stops being useful; mem-set refuses to go lower. */
+export const MIN_GUEST_MEMORY = 64 * 2 ** 20;
+
+/** RAM the VMM gives the guest: maxMemory when a balloon can hold part of it back. */
+export function bootMemory(spec: DomainSpec): number {
+  const memory = sizeBytes("memory", spec.memory);
+  if (!spec.balloon || spec.maxMemory === undefined) return memory;
+  return Math.max(memory, sizeBytes("maxMemory", spec.maxMemory));
+}
+
+function residentBytes(pid: number): number | null {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
 }
 
 function pidStartTime(pid: number): string | undefined {

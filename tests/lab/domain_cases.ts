@@ -20,6 +20,7 @@ const EXPECTED = [
   "console xl",
   "console lv",
   "console fc",
+  "mem-set nat: the guest's MemTotal and the VMM's resident memory go down",
   "daemon SIGKILL and restart finds every domain",
   "kill -9 of a VMM: crashed, on_crash=preserve applied",
   "reboot nat through ACPI: it comes back with a new VMM",

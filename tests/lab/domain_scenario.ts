@@ -64,6 +64,7 @@ kernel: ${img.kernel}
 initrd: ${img.initrd}
 cmdline: "${CMDLINE}"
 onReboot: restart
+balloon: true
 `,
   );
   writeFileSync(
@@ -155,6 +156,43 @@ try {
         second.close();
       }),
     ),
+  );
+
+  await check(
+    "mem-set nat: the guest's MemTotal and the VMM's resident memory go down",
+    async () => {
+      const info = await d.client.get("nat");
+      const c = await ConsoleSession.connect(info.consoleSocket ?? "");
+      // Touch memory first, so the pages the balloon takes are ones the host had to back.
+      c.type(
+        "head -c 150000000 /dev/zero > /tmp/fill; rm /tmp/fill; sed -n 's/^MemTotal: *\\([0-9]*\\).*/BEFORE-\\1-KB/p' /proc/meminfo\n",
+      );
+      const before = Number(
+        await waitFor("MemTotal before", () => /BEFORE-(\d+)-KB/.exec(c.output)?.[1], 120_000),
+      );
+      const rss0 = (await d.client.memory("nat")).vmmResidentBytes ?? 0;
+      vessel(d, "mem-set", "nat", "128M");
+      const report = await waitFor(
+        "the balloon to reach its target",
+        async () => {
+          const m = await d.client.memory("nat");
+          const actual = ((m.balloon as { actualPages?: number } | null)?.actualPages ?? 0) * 4096;
+          return actual >= m.bootBytes - m.targetBytes - 4 * 2 ** 20 ? m : undefined;
+        },
+        120_000,
+      );
+      c.type("sed -n 's/^MemTotal: *\\([0-9]*\\).*/AFTER-\\1-KB/p' /proc/meminfo\n");
+      const after = Number(
+        await waitFor("MemTotal after", () => /AFTER-(\d+)-KB/.exec(c.output)?.[1]),
+      );
+      c.close();
+      const rss1 = report.vmmResidentBytes ?? 0;
+      process.stdout.write(
+        `MEMSET MemTotal ${before} -> ${after} kB, VMM RSS ${Math.round(rss0 / 2 ** 20)} -> ${Math.round(rss1 / 2 ** 20)} MiB\n`,
+      );
+      if (!(after < before - 100_000)) throw new Error(`MemTotal ${before} -> ${after} kB`);
+      if (!(rss1 < rss0 - 50 * 2 ** 20)) throw new Error(`RSS ${rss0} -> ${rss1}`);
+    },
   );
 
   await check("daemon SIGKILL and restart finds every domain", async () => {
