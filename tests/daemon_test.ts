@@ -315,6 +315,42 @@ test("TCP needs a bearer token: without one, 401 and nothing is done", async () 
   assert.equal((await d.client.get("viatcp")).state, "shutoff");
 });
 
+test("mem-set: the balloon target follows, within 64 MiB .. maxMemory; no balloon, no mem-set", async () => {
+  await d.call(
+    "POST",
+    "/v1/domains",
+    "/v1/domains",
+    spec("bal", { memory: "64M", maxMemory: "96M", balloon: true }),
+  );
+  await act("bal", "start");
+  const mem = () => d.call("GET", "/v1/domains/{name}/memory", "/v1/domains/bal/memory");
+  const first = (await mem()).json as {
+    bootBytes: number;
+    targetBytes: number;
+    balloon: { targetPages: number };
+  };
+  assert.equal(first.bootBytes, 96 * 2 ** 20, "booted with maxMemory");
+  assert.equal(first.targetBytes, 64 * 2 ** 20);
+  assert.equal(first.balloon.targetPages, (32 * 2 ** 20) / 4096, "the balloon holds back the rest");
+  const set = await d.call("PUT", "/v1/domains/{name}/memory", "/v1/domains/bal/memory", {
+    size: "80M",
+  });
+  assert.equal(set.status, 200);
+  assert.equal((set.json as { balloon: { targetPages: number } }).balloon.targetPages, 4096);
+  for (const size of ["200M", "16M", "lots"]) {
+    const r = await d.call("PUT", "/v1/domains/{name}/memory", "/v1/domains/bal/memory", { size });
+    assert.equal(r.status, 400, size);
+  }
+  await d.call("POST", "/v1/domains", "/v1/domains", spec("noballoon"));
+  await act("noballoon", "start");
+  const r = await d.call("PUT", "/v1/domains/{name}/memory", "/v1/domains/noballoon/memory", {
+    size: "64M",
+  });
+  assert.equal(r.status, 409);
+  await act("bal", "destroy");
+  await act("noballoon", "destroy");
+});
+
 test("the CLI: tables for people, --json for programs, one-line errors with exit 1", async () => {
   const file = join(d.dir, "cli.yaml");
   writeFileSync(file, `name: clidom\nmemory: 16M\nvcpus: 1\nkernel: ${kernel}\n`);
