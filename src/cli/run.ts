@@ -278,7 +278,22 @@ function controlHandlers(
   about: Record<string, unknown>,
 ): Record<string, ControlHandler> {
   return {
-    status: () => ({ ...about, pid: process.pid, state: vm.paused ? "paused" : "running" }),
+    status: () => ({
+      ...about,
+      pid: process.pid,
+      state: vm.paused ? "paused" : "running",
+      vcpuThreads: vm.vcpuThreadIds(),
+    }),
+    /** {"op":"vcpu-pin","vcpu":N,"cpus":[...]}: pin one vCPU thread (numbers already checked by the daemon). */
+    "vcpu-pin": (args) => {
+      const { vcpu, cpus } = args;
+      if (typeof vcpu !== "number" || !Array.isArray(cpus) || cpus.length === 0)
+        throw new Error("vcpu-pin needs vcpu (a number) and cpus (a non-empty list)");
+      vm.pinVcpu(vcpu, cpus as number[]);
+      return { vcpu, cpus: libc.getAffinity(vm.vcpuThreadIds()[vcpu] ?? 0) };
+    },
+    affinity: () =>
+      vm.vcpuThreadIds().map((tid, vcpu) => ({ vcpu, tid, cpus: tid ? libc.getAffinity(tid) : [] })),
     pause: () => vm.pause(),
     resume: () => vm.resume(),
     "power-button": () => vm.pressPowerButton(),

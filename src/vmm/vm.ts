@@ -402,6 +402,18 @@ export class Vm implements ExitHandler {
     this.pausedState = false;
   }
 
+  /** Thread ids of the vCPU threads, by vCPU index (0 for one not started yet). */
+  vcpuThreadIds(): number[] {
+    return this.threads.map((t) => t.tid);
+  }
+
+  /** Pin vCPU `index`'s thread to `cpus` (host CPU numbers). */
+  pinVcpu(index: number, cpus: readonly number[]): void {
+    const t = this.threads[index];
+    if (!t || t.tid === 0) throw new RangeError(`there is no running vCPU ${index}`);
+    libc.setAffinity(t.tid, cpus);
+  }
+
   /** Press the ACPI power button: a well-behaved guest shuts down. */
   pressPowerButton(): void {
     this.ged.pressPowerButton();
