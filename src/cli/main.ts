@@ -9,6 +9,7 @@ import { UsageError } from "./args.js";
 // the lab harness or the progress bar in its resident memory.
 const runModule = () => import("./run.js");
 const imageLabModule = () => import("./image_lab.js");
+const configModule = () => import("./config.js");
 
 const program = new Command();
 program
@@ -66,6 +67,18 @@ image
   .option("--json", "print the result as JSON")
   .action(async (opts) => {
     exitCode = await (await imageLabModule()).imageBuildCommand(opts);
+  });
+
+const config = program.command("config").description("domain configurations");
+config
+  .command("convert")
+  .description("print a native domain spec converted from xl.cfg, libvirt XML or Firecracker JSON")
+  .argument("<file>", "the configuration file")
+  .option("--from <format>", "its format: native, xl, libvirt or firecracker (default: detected)")
+  .option("--name <name>", "the domain name (Firecracker configs have none; overrides the others)")
+  .option("--json", "print JSON instead of YAML")
+  .action(async (file: string, opts) => {
+    exitCode = await (await configModule()).configConvertCommand(file, opts);
   });
 
 program
