@@ -31,9 +31,13 @@ export interface ImportResult {
 
 /** Messages are one line whatever the source holds: control characters are escaped. */
 function oneLine(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (ch) =>
-    ch === "\n" ? "\\n" : `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
+  let out = "";
+  for (const ch of text) {
+    const code = ch.charCodeAt(0);
+    if (code >= 0x20 && code !== 0x7f && code !== 0x2028 && code !== 0x2029) out += ch;
+    else out += ch === "\n" ? "\\n" : `\\u${code.toString(16).padStart(4, "0")}`;
+  }
+  return out;
 }
 
 /** A source config Vessel cannot represent; `key` is the source format's own key. */

@@ -3,21 +3,12 @@
 // root= appended, the default command line, and the devices Vessel has or lacks.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import fc from "fast-check";
 import { SpecError } from "../domain/spec.js";
 import { ImportError } from "./common.js";
 import { FIRECRACKER_DEFAULT_CMDLINE, importFirecrackerJson } from "./firecracker.js";
-
-const testdata = (name: string) =>
-  readFileSync(new URL(`../../../src/config/testdata/${name}`, import.meta.url), "utf8");
-
-const has = (warnings: string[], pattern: RegExp) =>
-  assert.ok(
-    warnings.some((w) => pattern.test(w)),
-    `no warning matches ${pattern}:\n${warnings.join("\n")}`,
-  );
+import { assertWarned as has, testdata } from "./testing.js";
 
 const base = {
   "boot-source": { kernel_image_path: "/k", boot_args: "console=ttyS0" },

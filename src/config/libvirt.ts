@@ -152,9 +152,10 @@ export function importLibvirtXml(text: string, opts: ImportOptions = {}): Import
   const spec: Record<string, unknown> = {};
 
   const hv = domain.attrs.type;
+  if (hv === undefined) c.fail("domain/@type", "required (kvm)");
   if (hv === "qemu") c.warn("domain/@type", `"qemu" (emulation): Vessel runs the guest on KVM`);
   else if (hv !== "kvm")
-    c.fail("domain/@type", `"${hv ?? ""}" is not supported (Vessel is a KVM hypervisor)`);
+    c.fail("domain/@type", `"${hv}" is not supported (Vessel is a KVM hypervisor)`);
 
   const name = opts.name ?? r.one(domain, "name")?.text;
   if (name === undefined) c.fail("name", "required");
@@ -374,7 +375,9 @@ function interfaces(
 function consoles(c: Conversion, r: Reader, devices: XNode, spec: Record<string, unknown>): void {
   const chars = [...r.all(devices, "console"), ...r.all(devices, "serial")];
   for (const char of chars) {
-    r.one(char, "target");
+    // dumpxml spells out the target's model (isa-serial); it says nothing Vessel could use.
+    const target = r.one(char, "target");
+    for (const child of target?.children ?? []) r.use(child);
     r.one(char, "source");
     if ((char.attrs.type ?? "pty") !== "pty")
       c.warn(`${char.key}/@type`, `"${char.attrs.type}": Vessel keeps the console itself; ignored`);

@@ -3,21 +3,12 @@
 // and the rules of formatdomain for units, devices and consoles.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import fc from "fast-check";
 import { SpecError } from "../domain/spec.js";
 import { ImportError } from "./common.js";
 import { importLibvirtXml } from "./libvirt.js";
-
-const testdata = (name: string) =>
-  readFileSync(new URL(`../../../src/config/testdata/${name}`, import.meta.url), "utf8");
-
-const has = (warnings: string[], pattern: RegExp) =>
-  assert.ok(
-    warnings.some((w) => pattern.test(w)),
-    `no warning matches ${pattern}:\n${warnings.join("\n")}`,
-  );
+import { assertWarned as has, testdata } from "./testing.js";
 
 /** A direct-kernel-boot domain with `inner` added inside <domain>. */
 const domain = (inner: string, type = "kvm") =>
@@ -263,6 +254,15 @@ test("interfaces: TAP types carry over, the rest is refused", () => {
 });
 
 test("consoles: the first <console> decides; pty serial is COM1", () => {
+  // The pair virsh dumpxml prints for a pty serial console, target models and all.
+  const dumped = importLibvirtXml(
+    domain(`<devices><serial type='pty'><source path='/dev/pts/3'/>
+      <target type='isa-serial' port='0'><model name='isa-serial'/></target><alias name='serial0'/></serial>
+      <console type='pty' tty='/dev/pts/3'><source path='/dev/pts/3'/><target type='serial' port='0'/>
+      <alias name='serial0'/></console></devices>`),
+  );
+  assert.equal(dumped.spec.console, "serial");
+  assert.deepEqual(dumped.warnings, []);
   const console = (devices: string) => importLibvirtXml(domain(`<devices>${devices}</devices>`));
   assert.equal(console("<serial type='pty'><target port='0'/></serial>").spec.console, "serial");
   assert.equal(

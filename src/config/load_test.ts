@@ -4,13 +4,13 @@
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
 import { parseDomainSpecText } from "../domain/spec.js";
 import { ImportError } from "./common.js";
 import { type ConfigFormat, detectFormat, loadDomainConfig } from "./load.js";
+import { TESTDATA_DIR } from "./testing.js";
 
-const dir = fileURLToPath(new URL("../../../src/config/testdata/", import.meta.url));
+const dir = TESTDATA_DIR;
 const files = readdirSync(dir).filter((f) => f !== "README.md");
 
 const expected = (file: string): ConfigFormat =>

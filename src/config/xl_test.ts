@@ -3,25 +3,16 @@
 // property test that no input makes it throw anything but ImportError or SpecError.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import fc from "fast-check";
 import { SpecError } from "../domain/spec.js";
 import { ImportError } from "./common.js";
+import { assertWarned as has, testdata } from "./testing.js";
 import { importXlCfg } from "./xl.js";
-
-const testdata = (name: string) =>
-  readFileSync(new URL(`../../../src/config/testdata/${name}`, import.meta.url), "utf8");
 
 /** A minimal PVH guest with the lines given added. */
 const pvh = (...lines: string[]) =>
   ['name = "g"', 'type = "pvh"', 'kernel = "/k"', "memory = 256", ...lines].join("\n");
-
-const has = (warnings: string[], pattern: RegExp) =>
-  assert.ok(
-    warnings.some((w) => pattern.test(w)),
-    `no warning matches ${pattern}:\n${warnings.join("\n")}`,
-  );
 
 test("Xen's xlexample.pvlinux converts, with its Xen-only parts named", () => {
   const { spec, warnings } = importXlCfg(testdata("xlexample.pvlinux"), { baseDir: "/etc/xen" });
@@ -246,6 +237,20 @@ test("memory and maxmem are MiB; problems name the xl key", () => {
   assert.throws(() => importXlCfg(pvh('uuid = "not-a-uuid"')), /^ImportError: xl\.cfg: uuid: /);
 });
 
+test("disks keep their list order; root= follows a disk to its new name", () => {
+  const { spec, warnings } = importXlCfg(
+    pvh("disk = [ '/data.img,raw,xvdb,w', '/root.img,raw,xvda,w' ]", 'root = "/dev/xvda1"'),
+  );
+  assert.deepEqual(spec.disks, [{ path: "/data.img" }, { path: "/root.img" }]);
+  assert.equal(spec.cmdline, "root=/dev/vdb1");
+  has(warnings, /^xl\.cfg: disk\[0\]: xvdb appears in the guest as \/dev\/vda/);
+  has(warnings, /^xl\.cfg: disk\[1\]: xvda appears in the guest as \/dev\/vdb/);
+  has(
+    warnings,
+    /^xl\.cfg: root: disk names rewritten for Vessel: "root=\/dev\/xvda1" → "root=\/dev\/vdb1"$/,
+  );
+});
+
 test("the command line is built the way xl builds it", () => {
   assert.equal(
     importXlCfg(pvh('root = "/dev/xvda1 ro"', 'extra = "console=hvc0"')).spec.cmdline,
@@ -313,29 +318,15 @@ test("no key is dropped in silence", () => {
   );
 });
 
+// The keys the property generators draw on: the ones the importer reads, and one it ignores.
+const KEYS = (
+  "name kernel memory maxmem vcpus maxvcpus cpus disk vif type builder on_crash cmdline " +
+  "root extra uuid cap cpu_weight serial vnc"
+).split(" ");
+
 // xl.cfg-shaped noise: real keys and syntax pieces in random order, and arbitrary text.
 const fragment = fc.oneof(
-  fc.constantFrom(
-    "name",
-    "kernel",
-    "memory",
-    "maxmem",
-    "vcpus",
-    "maxvcpus",
-    "cpus",
-    "disk",
-    "vif",
-    "type",
-    "on_crash",
-    "cmdline",
-    "root",
-    "extra",
-    "uuid",
-    "cap",
-    "cpu_weight",
-    "serial",
-    "builder",
-  ),
+  fc.constantFrom(...KEYS),
   fc.constantFrom(" = ", "+=", "[", "]", ",", ";", "\n", "#", "'", '"', "\\", ":", "=", " "),
   fc.constantFrom(
     "'/a.img,raw,xvda,w'",
@@ -364,25 +355,7 @@ const fragment = fc.oneof(
 // reaches the device and CPU parsers and not only the tokenizer.
 const setting = fc
   .tuple(
-    fc.constantFrom(
-      "memory",
-      "maxmem",
-      "vcpus",
-      "maxvcpus",
-      "cpus",
-      "disk",
-      "vif",
-      "type",
-      "on_crash",
-      "extra",
-      "root",
-      "cmdline",
-      "cap",
-      "cpu_weight",
-      "serial",
-      "uuid",
-      "vnc",
-    ),
+    fc.constantFrom(...KEYS),
     fc.constantFrom(" = ", " += "),
     fc.oneof(
       fc.constantFrom(
