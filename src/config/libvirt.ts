@@ -157,7 +157,8 @@ export function importLibvirtXml(text: string, opts: ImportOptions = {}): Import
   else if (hv !== "kvm")
     c.fail("domain/@type", `"${hv}" is not supported (Vessel is a KVM hypervisor)`);
 
-  const name = opts.name ?? r.one(domain, "name")?.text;
+  const own = r.one(domain, "name")?.text;
+  const name = opts.name ?? own;
   if (name === undefined) c.fail("name", "required");
   spec.name = name;
   c.origin("name", "name");

@@ -64,6 +64,9 @@ test("loading resolves relative paths against the file's directory and names Fir
   assert.equal(format, "firecracker");
   assert.equal(spec.name, "firecracker-vm_config");
   assert.equal(spec.kernel, `${dir}vmlinux.bin`);
-  const named = await loadDomainConfig(`${dir}xlexample.pvlinux`, { name: "renamed" });
-  assert.equal(named.spec.name, "renamed");
+  for (const file of ["xlexample.pvlinux", "virt-install-location-manual-kernel.xml"]) {
+    const named = await loadDomainConfig(`${dir}${file}`, { name: "renamed" });
+    assert.equal(named.spec.name, "renamed");
+    assert.ok(!named.warnings.some((w) => /\bname\b/.test(w)), named.warnings.join("\n"));
+  }
 });
