@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { apiSocketPath, defaultPaths } from "../daemon/paths.js";
-import { type DomainSpec, parseDomainSpecText, SpecError } from "../domain/spec.js";
+import type { DomainSpec } from "../domain/spec.js";
 import { type DomainInfo, VesselApiError, VesselClient } from "../mod.js";
 import { UsageError } from "./args.js";
 
@@ -45,21 +45,14 @@ async function api<T>(p: Promise<T>): Promise<T> {
   }
 }
 
-/** A native spec file; relative paths in it are relative to the file, not to our cwd. */
-export function loadSpecFile(path: string): { spec: DomainSpec; warnings: string[] } {
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (e) {
-    throw new UsageError(`${path}: cannot read (${(e as NodeJS.ErrnoException).code})`);
-  }
-  try {
-    const spec = parseDomainSpecText(text, path);
-    return { spec: absolutePaths(spec, dirname(resolve(path))), warnings: [] };
-  } catch (e) {
-    if (e instanceof SpecError) throw new UsageError(`${path}: ${e.message}`);
-    throw e;
-  }
+/** A config file in any format Vessel imports; relative paths resolve against its folder. */
+async function loadConfig(
+  path: string,
+  flags: { from?: string; name?: string },
+): Promise<{ spec: DomainSpec; warnings: string[] }> {
+  const { loadConfigFile } = await import("./config.js");
+  const loaded = await loadConfigFile(path, flags);
+  return { spec: absolutePaths(loaded.spec, dirname(resolve(path))), warnings: loaded.warnings };
 }
 
 export function absolutePaths(spec: DomainSpec, base: string): DomainSpec {
@@ -70,20 +63,6 @@ export function absolutePaths(spec: DomainSpec, base: string): DomainSpec {
     ...(spec.initrd ? { initrd: abs(spec.initrd) } : {}),
     ...(spec.disks ? { disks: spec.disks.map((d) => ({ ...d, path: abs(d.path) })) } : {}),
   };
-}
-
-/** Where domain config files are read: replaced by the importers' loader (src/config). */
-export let loadConfig: (path: string, from?: string) => { spec: DomainSpec; warnings: string[] } = (
-  path,
-  from,
-) => {
-  if (from && from !== "native")
-    throw new UsageError(`--from ${from}: only native specs can be read by this build`);
-  return loadSpecFile(path);
-};
-
-export function setConfigLoader(loader: typeof loadConfig): void {
-  loadConfig = loader;
 }
 
 function warn(warnings: readonly string[]): void {
@@ -110,12 +89,13 @@ function mib(bytes: number): string {
 
 export interface FileFlags extends ConnectFlags {
   from?: string;
+  name?: string;
   json?: boolean;
   console?: boolean;
 }
 
 export async function createCommand(file: string, flags: FileFlags): Promise<number> {
-  const { spec, warnings } = loadConfig(file, flags.from);
+  const { spec, warnings } = await loadConfig(file, flags);
   warn(warnings);
   const info = await api(clientFor(flags).create(spec));
   out(flags.json, info, `Domain ${info.name} created (pid ${info.pid})\n`);
@@ -124,7 +104,7 @@ export async function createCommand(file: string, flags: FileFlags): Promise<num
 }
 
 export async function defineCommand(file: string, flags: FileFlags): Promise<number> {
-  const { spec, warnings } = loadConfig(file, flags.from);
+  const { spec, warnings } = await loadConfig(file, flags);
   warn(warnings);
   const info = await api(clientFor(flags).define(spec));
   out(flags.json, info, `Domain ${info.name} defined from ${file}\n`);

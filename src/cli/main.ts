@@ -10,6 +10,7 @@ import { UsageError } from "./args.js";
 const runModule = () => import("./run.js");
 const imageLabModule = () => import("./image_lab.js");
 const domainsModule = () => import("./domains.js");
+const configModule = () => import("./config.js");
 
 const program = new Command();
 program
@@ -70,6 +71,18 @@ image
   .option("--json", "print the result as JSON")
   .action(async (opts) => {
     exitCode = await (await imageLabModule()).imageBuildCommand(opts);
+  });
+
+const config = program.command("config").description("domain configurations");
+config
+  .command("convert")
+  .description("print a native domain spec converted from xl.cfg, libvirt XML or Firecracker JSON")
+  .argument("<file>", "the configuration file")
+  .option("--from <format>", "its format: native, xl, libvirt or firecracker (default: detected)")
+  .option("--name <name>", "the domain name (Firecracker configs have none; overrides the others)")
+  .option("--json", "print JSON instead of YAML")
+  .action(async (file: string, opts) => {
+    exitCode = await (await configModule()).configConvertCommand(file, opts);
   });
 
 program
@@ -133,6 +146,7 @@ daemonCommand("create", "start a transient domain from a config file (xl create)
     "the file's format: native, xl, libvirt, firecracker (default: detect)",
   )
   .option("-c, --console", "attach to its console once started")
+  .option("--name <name>", "the domain's name (Firecracker configs have none)")
   .action(async (file: string, opts) => {
     exitCode = await (await domainsModule()).createCommand(file, opts);
   });
@@ -142,6 +156,7 @@ daemonCommand("define", "define a persistent domain from a config file (virsh de
     "--from <format>",
     "the file's format: native, xl, libvirt, firecracker (default: detect)",
   )
+  .option("--name <name>", "the domain's name (Firecracker configs have none)")
   .action(async (file: string, opts) => {
     exitCode = await (await domainsModule()).defineCommand(file, opts);
   });

@@ -293,7 +293,9 @@ function controlHandlers(
       return { vcpu, cpus: libc.getAffinity(vm.vcpuThreadIds()[vcpu] ?? 0) };
     },
     affinity: () =>
-      vm.vcpuThreadIds().map((tid, vcpu) => ({ vcpu, tid, cpus: tid ? libc.getAffinity(tid) : [] })),
+      vm
+        .vcpuThreadIds()
+        .map((tid, vcpu) => ({ vcpu, tid, cpus: tid ? libc.getAffinity(tid) : [] })),
     pause: () => vm.pause(),
     resume: () => vm.resume(),
     "power-button": () => vm.pressPowerButton(),

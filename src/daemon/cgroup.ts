@@ -3,14 +3,7 @@
 // overhead, io.max where asked) written before the VMM is moved in. On a host without a
 // writable cgroup v2 hierarchy the daemon says so once and carries on without limits.
 
-import {
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  rmdirSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 export interface CgroupLimits {
@@ -25,7 +18,9 @@ export interface CgroupLimits {
 const CPU_PERIOD_US = 100_000;
 const WANTED = ["cpu", "memory", "io", "cpuset", "pids"];
 
-export type CgroupSupport = { ok: true; root: string; controllers: string[] } | { ok: false; reason: string };
+export type CgroupSupport =
+  | { ok: true; root: string; controllers: string[] }
+  | { ok: false; reason: string };
 
 /** Find (and prepare) the hierarchy domains' cgroups go under. */
 export function detectCgroups(mount = "/sys/fs/cgroup"): CgroupSupport {
@@ -73,7 +68,9 @@ export class DomainCgroup {
       const cap = limits.cpuCapPercent;
       this.write(
         "cpu.max",
-        cap === undefined ? `max ${CPU_PERIOD_US}` : `${Math.max(1000, Math.round((cap / 100) * CPU_PERIOD_US))} ${CPU_PERIOD_US}`,
+        cap === undefined
+          ? `max ${CPU_PERIOD_US}`
+          : `${Math.max(1000, Math.round((cap / 100) * CPU_PERIOD_US))} ${CPU_PERIOD_US}`,
       );
       this.write("cpu.weight", String(limits.cpuWeight ?? 100));
     }
@@ -117,7 +114,9 @@ export class DomainCgroup {
       writeFileSync(join(this.path, file), value);
     } catch (e) {
       if (optional && (e as NodeJS.ErrnoException).code === "ENOENT") return;
-      throw new Error(`cannot write ${value} to ${join(this.path, file)}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+      throw new Error(
+        `cannot write ${value} to ${join(this.path, file)}: ${(e as NodeJS.ErrnoException).code ?? e}`,
+      );
     }
   }
 }
