@@ -351,6 +351,72 @@ test("mem-set: the balloon target follows, within 64 MiB .. maxMemory; no balloo
   await act("noballoon", "destroy");
 });
 
+test("vCPU pinning at start (cpus, vcpuPin) and at runtime, seen by sched_getaffinity; metrics; top", async () => {
+  const { libc } = await import("../src/host/mod.js");
+  await d.call(
+    "POST",
+    "/v1/domains",
+    "/v1/domains",
+    spec("pinned", { vcpus: 2, cpus: "0", vcpuPin: { "1": "1" } }),
+  );
+  await act("pinned", "start");
+  const list = async () =>
+    (
+      (await d.call("GET", "/v1/domains/{name}/vcpus", "/v1/domains/pinned/vcpus")).json as {
+        vcpus: { vcpu: number; tid: number; cpus: number[] }[];
+      }
+    ).vcpus;
+  let vcpus = await list();
+  assert.deepEqual(
+    vcpus.map((v) => v.cpus),
+    [[0], [1]],
+  );
+  for (const v of vcpus) assert.deepEqual(libc.getAffinity(v.tid), v.cpus, "the kernel agrees");
+  const pin = await d.call(
+    "PUT",
+    "/v1/domains/{name}/vcpus/{vcpu}/pin",
+    "/v1/domains/pinned/vcpus/0/pin",
+    { cpus: "0-1" },
+  );
+  assert.equal(pin.status, 200);
+  vcpus = await list();
+  assert.deepEqual(libc.getAffinity(vcpus[0]?.tid ?? 0), [0, 1]);
+  const badPin = await d.call(
+    "PUT",
+    "/v1/domains/{name}/vcpus/{vcpu}/pin",
+    "/v1/domains/pinned/vcpus/7/pin",
+    { cpus: "0" },
+  );
+  assert.equal(badPin.status, 400);
+
+  const metrics = await d.client.metrics();
+  assert.match(metrics, /^vessel_domain_running\{domain="pinned"\} 1$/m);
+  assert.match(metrics, /^vessel_vcpu_cpu_seconds_total\{domain="pinned",vcpu="1"\} /m);
+  assert.match(metrics, /^vessel_vm_exits_total\{domain="pinned",reason="io"\} \d+$/m);
+  assert.match(metrics, /^vessel_vmm_resident_bytes\{domain="pinned"\} \d+$/m);
+  assert.match(metrics, /^# TYPE vessel_cpu_throttled_seconds_total counter$/m);
+
+  const top = await cli(d.socket, ["top", "--json", "--iterations", "2", "--interval", "0.3"]);
+  assert.equal(top.code, 0, top.stderr);
+  const frames = top.stdout
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { domains: { domain: string; cpuPercent: number | null }[] });
+  assert.equal(frames.length, 2);
+  assert.ok(frames[1]?.domains.some((x) => x.domain === "pinned" && x.cpuPercent !== null));
+
+  // This host has cgroup v1 only: a share cannot be changed, and the daemon says why.
+  const version = (await d.client.version()) as { cgroups: string };
+  if (version.cgroups.startsWith("none")) {
+    const r = await d.call("PUT", "/v1/domains/{name}/schedule", "/v1/domains/pinned/schedule", {
+      cpuCap: 50,
+    });
+    assert.equal(r.status, 409);
+    assert.match((r.json as { error: { message: string } }).error.message, /cgroup/);
+  }
+  await act("pinned", "destroy");
+});
+
 test("the CLI: tables for people, --json for programs, one-line errors with exit 1", async () => {
   const file = join(d.dir, "cli.yaml");
   writeFileSync(file, `name: clidom\nmemory: 16M\nvcpus: 1\nkernel: ${kernel}\n`);

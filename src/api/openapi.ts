@@ -140,6 +140,49 @@ export function openApiDocument(): Json {
           responses: { "200": json("MemoryReport", "memory after the request"), ...errors },
         },
       },
+      "/v1/domains/{name}/vcpus": {
+        get: {
+          summary: "each vCPU's host thread, the CPUs it may run on and its CPU time",
+          parameters: [nameParam],
+          responses: { "200": json("VcpuList", "vCPUs"), ...errors },
+        },
+      },
+      "/v1/domains/{name}/vcpus/{vcpu}/pin": {
+        put: {
+          summary: "pin one vCPU's thread to host CPUs (vcpu-pin), at runtime",
+          parameters: [
+            nameParam,
+            { name: "vcpu", in: "path", required: true, schema: { type: "integer", minimum: 0 } },
+          ],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: ref("PinRequest") } },
+          },
+          responses: { "200": json("VcpuList", "vCPUs after pinning"), ...errors },
+        },
+      },
+      "/v1/domains/{name}/schedule": {
+        put: {
+          summary:
+            "change the CPU cap and weight (xl sched-credit), at runtime and for later starts",
+          parameters: [nameParam],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: ref("ScheduleRequest") } },
+          },
+          responses: { "200": json("DomainInfo", "the domain"), ...errors },
+        },
+      },
+      "/metrics": {
+        get: {
+          summary:
+            "Prometheus text: CPU time per vCPU, exits by reason, bytes and operations per device, throttled time, balloon size, VMM resident memory",
+          responses: {
+            "200": { description: "text/plain; version=0.0.4" },
+            "401": errors["401"],
+          },
+        },
+      },
       "/v1/domains/{name}/stats": {
         get: {
           summary: "the VMM's counters (exits by reason, buses, devices)",

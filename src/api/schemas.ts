@@ -3,7 +3,7 @@
 // their Static<> types, so the three cannot drift apart.
 
 import { type Static, Type } from "@sinclair/typebox";
-import { DomainSpec, Size } from "../domain/spec.js";
+import { CpuList, DomainSpec, Size } from "../domain/spec.js";
 
 export { DomainSpec };
 
@@ -34,6 +34,8 @@ export const DomainInfo = Type.Object(
     startedAt: Type.Union([Type.String(), Type.Null()]),
     /** Unix socket of the console while it runs (local clients attach to it directly). */
     consoleSocket: Type.Union([Type.String(), Type.Null()]),
+    /** The domain's cgroup v2 directory while it runs (null where the host has none). */
+    cgroup: Type.Union([Type.String(), Type.Null()]),
     /** Operation in progress, if any (a second one is refused with 409). */
     operation: Type.Union([Type.String(), Type.Null()]),
     spec: DomainSpec,
@@ -111,6 +113,45 @@ export const MemoryReport = Type.Object(
 );
 export type MemoryReport = Static<typeof MemoryReport>;
 
+export const VcpuList = Type.Object(
+  {
+    vcpus: Type.Array(
+      Type.Object(
+        {
+          vcpu: Type.Integer(),
+          /** Host thread id of the vCPU's thread. */
+          tid: Type.Integer(),
+          /** Host CPUs it may run on (sched_getaffinity). */
+          cpus: Type.Array(Type.Integer()),
+          cpuTimeNs: Type.Union([Type.Integer(), Type.Null()]),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+  },
+  { additionalProperties: false, $id: "VcpuList" },
+);
+export type VcpuList = Static<typeof VcpuList>;
+
+export const PinRequest = Type.Object(
+  { cpus: CpuList },
+  { additionalProperties: false, $id: "PinRequest" },
+);
+export type PinRequest = Static<typeof PinRequest>;
+
+export const ScheduleRequest = Type.Object(
+  {
+    /** Percent of one host CPU (xl cap); null removes the cap. */
+    cpuCap: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 25400 }), Type.Null()])),
+    /** xl's weight scale (256 is the default); null restores the default. */
+    cpuWeight: Type.Optional(
+      Type.Union([Type.Integer({ minimum: 1, maximum: 65535 }), Type.Null()]),
+    ),
+  },
+  { additionalProperties: false, $id: "ScheduleRequest" },
+);
+export type ScheduleRequest = Static<typeof ScheduleRequest>;
+
 export const VersionInfo = Type.Object(
   {
     name: Type.Literal("vessel"),
@@ -119,6 +160,8 @@ export const VersionInfo = Type.Object(
     pid: Type.Integer(),
     stateDir: Type.String(),
     runtimeDir: Type.String(),
+    /** Where domains' cgroups are made, or why limits cannot be applied on this host. */
+    cgroups: Type.String(),
   },
   { additionalProperties: false, $id: "VersionInfo" },
 );
@@ -135,5 +178,8 @@ export const SCHEMAS = [
   ShutdownRequest,
   MemoryRequest,
   MemoryReport,
+  VcpuList,
+  PinRequest,
+  ScheduleRequest,
   VersionInfo,
 ] as const;

@@ -7,18 +7,23 @@ import { timingSafeEqual } from "node:crypto";
 import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { getRequestListener } from "@hono/node-server";
+import type { TSchema } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import { type Context, Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import type { Daemon } from "../daemon/daemon.js";
 import { DomainError } from "../daemon/errors.js";
 import { sizeBytes } from "../domain/spec.js";
+import { renderMetrics } from "./metrics.js";
 import { openApiDocument } from "./openapi.js";
 import {
   type DomainEvent,
   type ErrorBody,
   MemoryRequest,
+  PinRequest,
+  ScheduleRequest,
   ShutdownRequest,
+  type VcpuList,
   type VersionInfo,
 } from "./schemas.js";
 
@@ -43,6 +48,19 @@ async function readJson(c: Context, required: boolean): Promise<unknown> {
   } catch {
     throw new DomainError("INVALID", "body: not valid JSON");
   }
+}
+
+/** `body` if it matches `schema`; otherwise an INVALID error naming the first bad field. */
+function checked(schema: TSchema, body: unknown): unknown {
+  const bad = Value.Errors(schema, body).First();
+  if (bad) {
+    const field = bad.path.replace(/^\//, "") || "body";
+    throw new DomainError(
+      "INVALID",
+      `${field}: ${bad.message.charAt(0).toLowerCase()}${bad.message.slice(1)}`,
+    );
+  }
+  return body;
 }
 
 function boolQuery(c: Context, key: string): boolean {
@@ -89,6 +107,7 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
       pid: process.pid,
       stateDir: daemon.options.paths.stateDir,
       runtimeDir: daemon.options.paths.runtimeDir,
+      cgroups: daemon.cgroups.ok ? daemon.cgroups.root : `none: ${daemon.cgroups.reason}`,
     } satisfies VersionInfo),
   );
   app.get("/v1/openapi.json", (c) => c.json(openApiDocument()));
@@ -114,6 +133,27 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
     if (stats === null) throw new DomainError("CONFLICT", `domain ${d.name} is not running`);
     return c.json(stats as Record<string, unknown>);
   });
+  app.get("/metrics", async (c) => {
+    c.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    return c.body(await renderMetrics(daemon));
+  });
+  app.get("/v1/domains/:name/vcpus", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    return c.json({ vcpus: await d.vcpuInfo() } satisfies VcpuList);
+  });
+  app.put("/v1/domains/:name/vcpus/:vcpu/pin", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    const body = checked(PinRequest, await readJson(c, true)) as PinRequest;
+    const vcpu = Number(c.req.param("vcpu"));
+    await d.pinVcpu(vcpu, body.cpus);
+    return c.json({ vcpus: await d.vcpuInfo() } satisfies VcpuList);
+  });
+  app.put("/v1/domains/:name/schedule", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    const body = checked(ScheduleRequest, await readJson(c, true)) as ScheduleRequest;
+    await d.setSchedule(body);
+    return c.json(d.info());
+  });
   app.get("/v1/domains/:name/memory", async (c) => {
     const d = daemon.get(c.req.param("name"));
     const report = await d.memoryReport();
@@ -123,9 +163,7 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
   app.put("/v1/domains/:name/memory", async (c) => {
     const d = daemon.get(c.req.param("name"));
     const body = await readJson(c, true);
-    const bad = Value.Errors(MemoryRequest, body).First();
-    if (bad)
-      throw new DomainError("INVALID", `${bad.path.replace(/^\//, "") || "body"}: ${bad.message}`);
+    checked(MemoryRequest, body);
     let bytes: number;
     try {
       bytes = sizeBytes("size", (body as MemoryRequest).size);
@@ -143,12 +181,7 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
         break;
       case "shutdown": {
         const body = (await readJson(c, false)) ?? {};
-        const bad = Value.Errors(ShutdownRequest, body).First();
-        if (bad)
-          throw new DomainError(
-            "INVALID",
-            `${bad.path.replace(/^\//, "") || "body"}: ${bad.message}`,
-          );
+        checked(ShutdownRequest, body);
         const req = body as ShutdownRequest;
         await d.shutdown({
           wait: req.wait === true,

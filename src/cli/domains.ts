@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
+import type { VcpuList } from "../api/schemas.js";
 import { apiSocketPath, defaultPaths } from "../daemon/paths.js";
 import type { DomainSpec } from "../domain/spec.js";
 import { type DomainInfo, VesselApiError, VesselClient } from "../mod.js";
@@ -235,6 +236,164 @@ export async function memSetCommand(name: string, size: string, flags: NameFlags
     `Domain ${name}: balloon target set, guest memory ${mib(report.targetBytes)}\n`,
   );
   return 0;
+}
+
+export async function vcpuPinCommand(name: string, vcpu: string, cpus: string, flags: NameFlags) {
+  if (!/^\d+$/.test(vcpu)) throw new UsageError(`vcpu: "${vcpu}" is not a vCPU number`);
+  const r = await api(clientFor(flags).pinVcpu(name, Number(vcpu), cpus));
+  out(flags.json, r, vcpuTable(r.vcpus));
+  return 0;
+}
+
+export async function vcpuListCommand(name: string, flags: NameFlags) {
+  const r = await api(clientFor(flags).vcpus(name));
+  out(flags.json, r, vcpuTable(r.vcpus));
+  return 0;
+}
+
+function vcpuTable(rows: VcpuList["vcpus"]): string {
+  return table(
+    ["vCPU", "Thread", "CPU time", "Affinity"],
+    rows.map((v) => [
+      String(v.vcpu),
+      String(v.tid),
+      v.cpuTimeNs === null ? "-" : `${(v.cpuTimeNs / 1e9).toFixed(1)} s`,
+      compactCpus(v.cpus),
+    ]),
+  );
+}
+
+/** [0,1,2,5] → "0-2,5", as taskset and xl vcpu-list print CPU sets. */
+export function compactCpus(cpus: readonly number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < cpus.length; ) {
+    let j = i;
+    while (j + 1 < cpus.length && cpus[j + 1] === (cpus[j] ?? 0) + 1) j++;
+    parts.push(i === j ? `${cpus[i]}` : `${cpus[i]}-${cpus[j]}`);
+    i = j + 1;
+  }
+  return parts.join(",");
+}
+
+export async function schedCommand(
+  name: string,
+  flags: NameFlags & { cap?: string; weight?: string },
+) {
+  const parse = (flag: string, v: string | undefined, max: number) => {
+    if (v === undefined) return undefined;
+    if (v === "none" || v === "default") return null;
+    if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > max)
+      throw new UsageError(`--${flag}: "${v}" is not a number in 1..${max} (or none)`);
+    return Number(v);
+  };
+  const cpuCap = parse("cap", flags.cap, 25400);
+  const cpuWeight = parse("weight", flags.weight, 65535);
+  if (cpuCap === undefined && cpuWeight === undefined)
+    throw new UsageError("sched: give --cap and/or --weight");
+  const info = await api(
+    clientFor(flags).schedule(name, {
+      ...(cpuCap !== undefined ? { cpuCap } : {}),
+      ...(cpuWeight !== undefined ? { cpuWeight } : {}),
+    }),
+  );
+  out(
+    flags.json,
+    info,
+    `Domain ${name}: cap ${info.spec.cpuCap ?? "none"}, weight ${info.spec.cpuWeight ?? 256}\n`,
+  );
+  return 0;
+}
+
+/** `vessel top`: a live table of every running domain from the daemon's /metrics numbers. */
+export async function topCommand(
+  flags: ConnectFlags & { json?: boolean; interval?: string; iterations?: string },
+) {
+  const interval = Number(flags.interval ?? "2");
+  if (!(interval >= 0.2 && interval <= 3600))
+    throw new UsageError(`--interval: "${flags.interval}" is not a number of seconds (0.2..3600)`);
+  const iterations =
+    flags.iterations === undefined ? Number.POSITIVE_INFINITY : Number(flags.iterations);
+  if (!(iterations >= 1))
+    throw new UsageError(`--iterations: "${flags.iterations}" is not a positive number`);
+  const client = clientFor(flags);
+  let previous: Map<string, number> | undefined;
+  let previousAt = 0;
+  for (let n = 0; n < iterations; n++) {
+    if (n > 0) await new Promise((r) => setTimeout(r, interval * 1000));
+    const text = await api(client.metrics());
+    const at = Date.now();
+    const samples = parsePrometheus(text);
+    const byDomain = new Map<string, Record<string, number>>();
+    for (const s of samples) {
+      const d = s.labels.domain;
+      if (!d) continue;
+      const row = byDomain.get(d) ?? {};
+      row[s.name] = (row[s.name] ?? 0) + s.value;
+      byDomain.set(d, row);
+    }
+    const cpuNow = new Map(
+      [...byDomain].map(([d, r]) => [d, r.vessel_vcpu_cpu_seconds_total ?? 0]),
+    );
+    const rows = [...byDomain]
+      .filter(([, r]) => r.vessel_domain_running === 1)
+      .map(([d, r]) => {
+        const cpu = cpuNow.get(d) ?? 0;
+        const before = previous?.get(d);
+        const pct =
+          before === undefined ? null : ((cpu - before) / ((at - previousAt) / 1000)) * 100;
+        return {
+          domain: d,
+          cpuPercent: pct === null ? null : Math.round(pct),
+          cpuSeconds: Math.round(cpu * 10) / 10,
+          exits: r.vessel_vm_exits_total ?? 0,
+          ioBytes: r.vessel_device_bytes_total ?? 0,
+          throttledSeconds: Math.round((r.vessel_cpu_throttled_seconds_total ?? 0) * 10) / 10,
+          balloonMiB: Math.round((r.vessel_balloon_bytes ?? 0) / 2 ** 20),
+          rssMiB: Math.round((r.vessel_vmm_resident_bytes ?? 0) / 2 ** 20),
+        };
+      });
+    previous = cpuNow;
+    previousAt = at;
+    if (flags.json)
+      process.stdout.write(
+        `${JSON.stringify({ time: new Date(at).toISOString(), domains: rows })}\n`,
+      );
+    else {
+      if (process.stdout.isTTY) process.stdout.write("\x1b[H\x1b[2J");
+      process.stdout.write(
+        table(
+          ["Domain", "vCPU %", "CPU s", "Exits", "I/O bytes", "Throttled s", "Balloon", "VMM RSS"],
+          rows.map((r) => [
+            r.domain,
+            r.cpuPercent === null ? "-" : String(r.cpuPercent),
+            String(r.cpuSeconds),
+            String(r.exits),
+            String(r.ioBytes),
+            String(r.throttledSeconds),
+            `${r.balloonMiB} MiB`,
+            `${r.rssMiB} MiB`,
+          ]),
+        ),
+      );
+    }
+  }
+  return 0;
+}
+
+/** The samples of a Prometheus text exposition (enough of the format for our own output). */
+export function parsePrometheus(
+  text: string,
+): { name: string; labels: Record<string, string>; value: number }[] {
+  const out: { name: string; labels: Record<string, string>; value: number }[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
+    if (!m || line.startsWith("#")) continue;
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g))
+      labels[l[1] ?? ""] = (l[2] ?? "").replace(/\\(.)/g, (_, c: string) => (c === "n" ? "\n" : c));
+    out.push({ name: m[1] ?? "", labels, value: Number(m[3]) });
+  }
+  return out;
 }
 
 export async function consoleCommand(name: string, flags: ConnectFlags): Promise<number> {

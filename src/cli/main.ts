@@ -195,6 +195,31 @@ daemonCommand("mem-set", "set a domain's memory through its balloon (xl mem-set)
   .action(async (domain: string, size: string, opts) => {
     exitCode = await (await domainsModule()).memSetCommand(domain, size, opts);
   });
+daemonCommand("vcpu-pin", "pin a vCPU of a running domain to host CPUs (xl vcpu-pin)")
+  .argument("<domain>")
+  .argument("<vcpu>", "vCPU number")
+  .argument("<cpus>", "host CPU list, e.g. 0-1,3")
+  .action(async (domain: string, vcpu: string, cpus: string, opts) => {
+    exitCode = await (await domainsModule()).vcpuPinCommand(domain, vcpu, cpus, opts);
+  });
+daemonCommand("vcpu-list", "each vCPU's host thread, CPU time and affinity (xl vcpu-list)")
+  .argument("<domain>")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).vcpuListCommand(domain, opts);
+  });
+daemonCommand("sched", "set a domain's CPU cap and weight (xl sched-credit -c/-w)")
+  .argument("<domain>")
+  .option("--cap <percent>", "ceiling in percent of one host CPU (none removes it)")
+  .option("--weight <n>", "share on a contended host, xl's scale: 256 is the default")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).schedCommand(domain, opts);
+  });
+daemonCommand("top", "a live table of running domains (CPU, exits, I/O, balloon, memory)")
+  .option("--interval <seconds>", "refresh period", "2")
+  .option("--iterations <n>", "stop after this many tables")
+  .action(async (opts) => {
+    exitCode = await (await domainsModule()).topCommand(opts);
+  });
 daemonCommand("info", "a domain's state, resources and counters")
   .argument("<domain>")
   .action(async (domain: string, opts) => {

@@ -275,7 +275,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
 function controlHandlers(
   vm: Vm,
   devices: readonly VirtioDevice[],
-  about: Record<string, unknown>,
+  about: { cpus: number } & Record<string, unknown>,
 ): Record<string, ControlHandler> {
   return {
     status: () => ({
@@ -285,11 +285,12 @@ function controlHandlers(
       vcpuThreads: vm.vcpuThreadIds(),
     }),
     /** {"op":"vcpu-pin","vcpu":N,"cpus":[...]}: pin one vCPU thread (numbers already checked by the daemon). */
-    "vcpu-pin": (args) => {
+    "vcpu-pin": async (args) => {
       const { vcpu, cpus } = args;
       if (typeof vcpu !== "number" || !Array.isArray(cpus) || cpus.length === 0)
         throw new Error("vcpu-pin needs vcpu (a number) and cpus (a non-empty list)");
-      vm.pinVcpu(vcpu, cpus as number[]);
+      if (vcpu < 0 || vcpu >= about.cpus) throw new Error(`there is no vCPU ${vcpu}`);
+      await vm.pinVcpu(vcpu, cpus as number[]);
       return { vcpu, cpus: libc.getAffinity(vm.vcpuThreadIds()[vcpu] ?? 0) };
     },
     affinity: () =>
@@ -303,7 +304,10 @@ function controlHandlers(
     ...balloonHandlers(devices),
     stats: () => ({
       ...vm.stats(),
-      devices: vm.transports.map((t, i) => ({ name: devices[i]?.name, ...t.stats() })),
+      devices: vm.transports.map((t, i) => {
+        const d = devices[i] as (VirtioDevice & { metrics?: () => unknown }) | undefined;
+        return { name: d?.name, ...t.stats(), metrics: d?.metrics?.() ?? null };
+      }),
     }),
   };
 }

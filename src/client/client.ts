@@ -11,7 +11,9 @@ import type {
   DomainSpec,
   ErrorBody,
   MemoryReport,
+  ScheduleRequest,
   ShutdownRequest,
+  VcpuList,
   VersionInfo,
 } from "../api/schemas.js";
 
@@ -160,6 +162,23 @@ export class VesselClient {
   }
   resume(name: string): Promise<DomainInfo> {
     return this.action(name, "resume");
+  }
+  vcpus(name: string): Promise<VcpuList> {
+    return this.call("GET", `/v1/domains/${encodeURIComponent(name)}/vcpus`);
+  }
+  /** Pin one vCPU to host CPUs ("0-1,3"). */
+  pinVcpu(name: string, vcpu: number, cpus: string): Promise<VcpuList> {
+    return this.call("PUT", `/v1/domains/${encodeURIComponent(name)}/vcpus/${vcpu}/pin`, { cpus });
+  }
+  /** Change the CPU cap and weight (null removes a setting). */
+  schedule(name: string, change: ScheduleRequest): Promise<DomainInfo> {
+    return this.call("PUT", `/v1/domains/${encodeURIComponent(name)}/schedule`, change);
+  }
+  /** The Prometheus text of /metrics. */
+  async metrics(): Promise<string> {
+    const r = await this.raw("GET", "/metrics");
+    if (r.status !== 200) throw new VesselApiError(r.status, "HTTP", `metrics: HTTP ${r.status}`);
+    return r.body;
   }
   /** mem-set: `size` in bytes or text like "512M". */
   setMemory(name: string, size: number | string): Promise<MemoryReport> {

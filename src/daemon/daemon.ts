@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import type { DomainEvent, DomainInfo } from "../api/schemas.js";
 import { type DomainSpec, parseDomainSpec, SpecError } from "../domain/spec.js";
+import { type CgroupSupport, detectCgroups } from "./cgroup.js";
 import { Domain, type DomainContext } from "./domain.js";
 import { DomainError } from "./errors.js";
 import type { DaemonPaths } from "./paths.js";
@@ -17,6 +18,8 @@ export interface DaemonOptions {
   vesselCommand: readonly string[];
   slowKvm?: boolean;
   log?: (line: string) => void;
+  /** Tests pass a fixed answer; otherwise /sys/fs/cgroup is examined. */
+  cgroups?: CgroupSupport;
 }
 
 /** How many past events a reconnecting client can catch up on (SSE Last-Event-ID). */
@@ -38,7 +41,15 @@ export class Daemon {
     this.store = new DefinitionStore(stateDir);
     this.events.setMaxListeners(0);
     const log = options.log ?? ((l: string) => process.stderr.write(`vessel daemon: ${l}\n`));
+    const cgroups = options.cgroups ?? detectCgroups();
+    if (!cgroups.ok) log(`no resource limits: ${cgroups.reason}`);
     this.ctx = {
+      cgroups,
+      saveDefinition: (spec) => {
+        this.store.save(spec);
+        const d = this.domains.get(spec.name);
+        if (d) d.definition = spec;
+      },
       paths: options.paths,
       vesselCommand: options.vesselCommand,
       slowKvm: options.slowKvm === true,
@@ -84,6 +95,10 @@ export class Daemon {
   /** Events after `seq` still in the history (for a client that reconnects). */
   eventsSince(seq: number): DomainEvent[] {
     return this.history.filter((e) => e.seq > seq);
+  }
+
+  get cgroups(): CgroupSupport {
+    return this.ctx.cgroups;
   }
 
   list(): DomainInfo[] {

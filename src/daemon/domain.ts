@@ -15,14 +15,17 @@ import {
   existsSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   rmSync,
   statSync,
 } from "node:fs";
 import type { DomainEvent, DomainInfo, DomainState } from "../api/schemas.js";
-import { type DomainSpec, sizeBytes, withDefaults } from "../domain/spec.js";
+import { type DomainSpec, expandCpuList, sizeBytes, withDefaults } from "../domain/spec.js";
+import { libc } from "../host/mod.js";
 import { writeFileAtomic } from "../vmm/atomic_file.js";
 import { ControlClient } from "../vmm/control.js";
+import { type CgroupLimits, type CgroupSupport, DomainCgroup, memoryMaxFor } from "./cgroup.js";
 import { DomainError } from "./errors.js";
 import { type DaemonPaths, domainRunFiles } from "./paths.js";
 
@@ -32,7 +35,11 @@ export interface DomainContext {
   vesselCommand: readonly string[];
   /** Pass --slow-kvm to VMMs (test hosts whose /dev/kvm interprets guest code). */
   slowKvm: boolean;
+  /** Where domains' cgroups go, or why there are none. */
+  cgroups: CgroupSupport;
   emit(event: Omit<DomainEvent, "seq" | "time">): void;
+  /** Persist a changed definition. */
+  saveDefinition(spec: DomainSpec): void;
   /** A transient domain has stopped for good: forget it. */
   forget(domain: Domain): void;
   log(line: string): void;
@@ -113,6 +120,7 @@ export class Domain {
       pid: this.live?.record.pid ?? null,
       startedAt: this.live?.record.startedAt ?? null,
       consoleSocket: this.live ? files.console : null,
+      cgroup: this.live ? (this.cgroup()?.path ?? null) : null,
       operation: this.operation ?? null,
       spec: this.definition ?? spec,
     };
@@ -156,13 +164,24 @@ export class Domain {
     const files = domainRunFiles(this.ctx.paths, this.name);
     rmSync(files.dir, { recursive: true, force: true });
     mkdirSync(files.dir, { recursive: true, mode: 0o700 });
+    const cgroup = this.prepareCgroup(spec);
     const logFd = openSync(files.log, "a", 0o600);
-    const child = spawn(
+    const argv = [
       this.ctx.vesselCommand[0] ?? process.execPath,
-      [...this.ctx.vesselCommand.slice(1), "run", ...runFlags(spec, files, this.ctx.slowKvm)],
+      ...this.ctx.vesselCommand.slice(1),
+      "run",
+      ...runFlags(spec, files, this.ctx.slowKvm),
+    ];
+    // With a cgroup the VMM starts inside it: a shell joins it, then execs the VMM, so not
+    // one page or thread of the VMM is ever accounted outside its limits.
+    const [command, ...args] = cgroup
+      ? ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup.path, ...argv]
+      : argv;
+    const child = spawn(command ?? process.execPath, args, {
       // Its own session: a signal to the daemon's process group does not reach guests.
-      { detached: true, stdio: ["ignore", logFd, logFd] },
-    );
+      detached: true,
+      stdio: ["ignore", logFd, logFd],
+    });
     closeSync(logFd);
     const exited = new Promise<number | null>((resolve) => {
       child.once("exit", (code) => resolve(code));
@@ -206,10 +225,27 @@ export class Domain {
       }
       await new Promise((r) => setTimeout(r, 50));
     }
+    if (control) {
+      try {
+        await this.applyPinning(spec, control, pid);
+      } catch (e) {
+        control.close();
+        process.kill(pid, "SIGKILL");
+        await exited;
+        rmSync(files.dir, { recursive: true, force: true });
+        cgroup?.remove();
+        this.setState("shutoff", "failed");
+        throw new DomainError(
+          "START_FAILED",
+          `domain ${this.name}: cannot pin its threads: ${e instanceof Error ? e.message : e}`,
+        );
+      }
+    }
     if (!control) {
       await exited;
       const why = lastLine(files.log) ?? "it exited before it was ready";
       rmSync(files.dir, { recursive: true, force: true });
+      cgroup?.remove();
       this.setState("shutoff", "failed");
       throw new DomainError("START_FAILED", `domain ${this.name} failed to start: ${why}`);
     }
@@ -225,6 +261,99 @@ export class Domain {
     }
     this.setState("running", reason);
     this.emit("started", reason);
+  }
+
+  /** The domain's cgroup with its limits written, or undefined where there are no cgroups. */
+  private prepareCgroup(spec: DomainSpec): DomainCgroup | undefined {
+    const support = this.ctx.cgroups;
+    if (!support.ok) return undefined;
+    const cg = new DomainCgroup(support, spec.name);
+    try {
+      cg.create(limitsFor(spec));
+    } catch (e) {
+      throw new DomainError(
+        "START_FAILED",
+        `domain ${spec.name}: cannot set up its cgroup: ${e instanceof Error ? e.message : e}`,
+      );
+    }
+    return cg;
+  }
+
+  /** The cgroup of this domain (whether or not it runs), where the host has cgroups. */
+  cgroup(): DomainCgroup | undefined {
+    return this.ctx.cgroups.ok ? new DomainCgroup(this.ctx.cgroups, this.name) : undefined;
+  }
+
+  /** vCPU threads to their CPUs (vcpuPin, else cpus); the VMM's other threads to vmmCpus. */
+  private async applyPinning(spec: DomainSpec, control: ControlClient, pid: number) {
+    for (let vcpu = 0; vcpu < spec.vcpus; vcpu++) {
+      const list = spec.vcpuPin?.[String(vcpu)] ?? spec.cpus;
+      if (list) await control.request("vcpu-pin", { vcpu, cpus: expandCpuList(list) });
+    }
+    if (spec.vmmCpus) {
+      // Only once every vCPU thread exists: one started later would inherit the main
+      // thread's mask, and the vCPUs would land on the VMM's CPUs.
+      const threads = await waitForVcpuThreads(control, spec.vcpus);
+      const vcpuTids = new Set(threads);
+      // The main thread first: threads it starts later (libuv's pool) inherit its mask.
+      const tids = [
+        pid,
+        ...readdirSync(`/proc/${pid}/task`)
+          .map(Number)
+          .filter((t) => t !== pid),
+      ];
+      for (const tid of tids)
+        if (!vcpuTids.has(tid)) libc.setAffinity(tid, expandCpuList(spec.vmmCpus));
+    }
+  }
+
+  /** Pin one vCPU at runtime (vessel vcpu-pin); returns the CPUs it may now run on. */
+  async pinVcpu(vcpu: number, list: string): Promise<number[]> {
+    return this.exclusive("vcpu-pin", async () => {
+      const live = this.requireLive("pin its vCPUs");
+      if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= live.record.spec.vcpus)
+        throw new DomainError("INVALID", `vcpu: ${vcpu} is not a vCPU of ${this.name}`);
+      const r = (await live.control.request("vcpu-pin", { vcpu, cpus: expandCpuList(list) })) as {
+        cpus: number[];
+      };
+      return r.cpus;
+    });
+  }
+
+  /** Each vCPU's thread, the CPUs it may run on and the CPU time it has used. */
+  async vcpuInfo(): Promise<VcpuRow[]> {
+    const live = this.requireLive("list its vCPUs");
+    const rows = (await live.control.request("affinity")) as Omit<VcpuRow, "cpuTimeNs">[];
+    return rows.map((r) => ({ ...r, cpuTimeNs: threadCpuNs(live.record.pid, r.tid) }));
+  }
+
+  /** Change the CPU cap and weight at runtime (xl sched-credit); kept for the next start too. */
+  async setSchedule(change: { cpuCap?: number | null; cpuWeight?: number | null }): Promise<void> {
+    await this.exclusive("schedule", async () => {
+      const base = this.definition ?? this.runningSpec;
+      if (!base) throw new DomainError("INVALID", "nothing to change");
+      const next = { ...base };
+      for (const key of ["cpuCap", "cpuWeight"] as const) {
+        const v = change[key];
+        if (v === null) delete next[key];
+        else if (v !== undefined) next[key] = v;
+      }
+      if (this.live) {
+        const cg = this.cgroup();
+        const support = this.ctx.cgroups;
+        if (!cg || !support.ok) {
+          throw new DomainError(
+            "CONFLICT",
+            `cannot change CPU shares: ${support.ok ? "no cgroup" : support.reason}`,
+          );
+        }
+        const running = { ...withoutShares(this.live.record.spec), ...pick(next) };
+        cg.apply(limitsFor(running));
+        this.live.record.spec = running;
+        this.runningSpec = running;
+      }
+      if (this.definition) this.ctx.saveDefinition(next);
+    });
   }
 
   private attach(live: Live): void {
@@ -282,6 +411,7 @@ export class Domain {
     const rebooting = this.rebootPending;
     this.rebootPending = false;
     rmSync(files.dir, { recursive: true, force: true });
+    this.cgroup()?.remove();
     this.runningSpec = record.spec;
 
     let action: "destroy" | "restart" | "preserve";
@@ -540,6 +670,61 @@ export function runFlags(
   if (s.balloon) flags.push("--balloon");
   if (slowKvm) flags.push("--slow-kvm");
   return flags;
+}
+
+async function waitForVcpuThreads(control: ControlClient, count: number): Promise<number[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const status = (await control.request("status")) as { vcpuThreads?: number[] };
+    const tids = (status.vcpuThreads ?? []).filter((t) => t > 0);
+    if (tids.length >= count) return tids;
+    if (Date.now() > deadline)
+      throw new Error(`only ${tids.length} of ${count} vCPU threads started`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface VcpuRow {
+  vcpu: number;
+  tid: number;
+  cpus: number[];
+  cpuTimeNs: number | null;
+}
+
+function pick(spec: DomainSpec): Pick<DomainSpec, "cpuCap" | "cpuWeight"> {
+  return {
+    ...(spec.cpuCap !== undefined ? { cpuCap: spec.cpuCap } : {}),
+    ...(spec.cpuWeight !== undefined ? { cpuWeight: spec.cpuWeight } : {}),
+  };
+}
+
+function withoutShares(spec: DomainSpec): DomainSpec {
+  const { cpuCap: _cap, cpuWeight: _weight, ...rest } = spec;
+  return rest;
+}
+
+/** The cgroup limits a spec asks for (xl's weight scale, 256 = default, is cgroup's 100). */
+export function limitsFor(spec: DomainSpec): CgroupLimits {
+  const s = withDefaults(spec);
+  const devices = s.disks.length + s.nets.length + (s.rng ? 1 : 0) + (s.balloon ? 1 : 0) + 1;
+  return {
+    ...(spec.cpuCap !== undefined ? { cpuCapPercent: spec.cpuCap } : {}),
+    ...(spec.cpuWeight !== undefined
+      ? { cpuWeight: Math.min(10000, Math.max(1, Math.round((spec.cpuWeight * 100) / 256))) }
+      : {}),
+    memoryMaxBytes: memoryMaxFor(bootMemory(spec), spec.vcpus, devices),
+  };
+}
+
+/** utime + stime of one thread, in nanoseconds (USER_HZ is 100 on Linux x86-64). */
+function threadCpuNs(pid: number, tid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10_000_000;
+  } catch {
+    return null;
+  }
 }
 
 /** Below this a Linux guest stops being useful; mem-set refuses to go lower. */

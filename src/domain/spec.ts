@@ -46,6 +46,16 @@ export const CpuList = Type.String({
   description: "host CPU numbers and ranges, e.g. 0-3,8",
 });
 
+/** The CPU numbers a (schema-checked) cpulist names, ascending. */
+export function expandCpuList(list: string): number[] {
+  const cpus = new Set<number>();
+  for (const range of list.split(",")) {
+    const [lo = 0, hi = lo] = range.split("-").map(Number);
+    for (let c = lo; c <= hi && c <= MAX_HOST_CPU; c++) cpus.add(c);
+  }
+  return [...cpus].sort((a, b) => a - b);
+}
+
 /** Highest host CPU number a cpulist may name (the kernel's NR_CPUS ceiling on x86-64). */
 export const MAX_HOST_CPU = 8191;
 
@@ -81,9 +91,9 @@ export const DomainSpec = Type.Object(
     onReboot: Type.Optional(LifecycleAction),
     onCrash: Type.Optional(LifecycleAction),
     autostart: Type.Optional(Type.Boolean()),
-    // Resource control and vsock: the importers carry these over from xl.cfg, libvirt and
-    // Firecracker so nothing is lost on conversion, but the VMM does not apply them yet (the
-    // resource-control issue and virtio-vsock will); the importers warn when they set one.
+    // Resource control: applied by the daemon (cgroup v2 and thread affinity, see
+    // src/daemon/domain.ts); `vessel run` alone does not. maxVcpus (hotplug) and vsock are
+    // carried over by the importers but not applied yet; the importers warn about those.
     /** vCPUs the guest may bring online later (xl maxvcpus, libvirt vcpu above current). */
     maxVcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 254 })),
     /** Host CPUs every vCPU is pinned to (xl cpus="...", libvirt vcpu cpuset=). */
@@ -98,6 +108,8 @@ export const DomainSpec = Type.Object(
     cpuWeight: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
     /** Ceiling in percent of one host CPU (xl cap: 100 is one CPU, 400 four). */
     cpuCap: Type.Optional(Type.Integer({ minimum: 1, maximum: 254 * 100 })),
+    /** Host CPUs for the VMM's own threads (main and I/O), apart from the vCPUs'. */
+    vmmCpus: Type.Optional(CpuList),
     /** A virtio-vsock device (Firecracker's vsock). */
     vsock: Type.Optional(VsockSpec),
   },
@@ -145,6 +157,7 @@ export function parseDomainSpec(value: unknown): DomainSpec {
   if (spec.maxVcpus !== undefined && spec.maxVcpus < spec.vcpus)
     throw new SpecError("maxVcpus", "is below vcpus");
   if (spec.cpus !== undefined) checkCpuList("cpus", spec.cpus);
+  if (spec.vmmCpus !== undefined) checkCpuList("vmmCpus", spec.vmmCpus);
   for (const [vcpu, list] of Object.entries(spec.vcpuPin ?? {})) {
     if (Number(vcpu) >= (spec.maxVcpus ?? spec.vcpus))
       throw new SpecError(`vcpuPin/${vcpu}`, "no such vCPU");
@@ -177,7 +190,7 @@ function describeProblem(value: unknown, field: string, message: string): string
   if (/^on(Poweroff|Reboot|Crash)$/.test(field))
     return "expected one of destroy, restart, preserve";
   if (field === "console") return "expected serial or virtio";
-  if (field === "cpus" || field.startsWith("vcpuPin/"))
+  if (field === "cpus" || field === "vmmCpus" || field.startsWith("vcpuPin/"))
     return "expected a host CPU list like 0-3,8";
   return message.charAt(0).toLowerCase() + message.slice(1);
 }
@@ -205,6 +218,7 @@ type OptionalWithoutDefault =
   | "vcpuPin"
   | "cpuWeight"
   | "cpuCap"
+  | "vmmCpus"
   | "vsock";
 
 /** The spec with defaults filled in, as the VMM process is started from it. */

@@ -407,11 +407,22 @@ export class Vm implements ExitHandler {
     return this.threads.map((t) => t.tid);
   }
 
-  /** Pin vCPU `index`'s thread to `cpus` (host CPU numbers). */
-  pinVcpu(index: number, cpus: readonly number[]): void {
-    const t = this.threads[index];
-    if (!t || t.tid === 0) throw new RangeError(`there is no running vCPU ${index}`);
-    libc.setAffinity(t.tid, cpus);
+  /**
+   * Pin vCPU `index`'s thread to `cpus` (host CPU numbers). A supervisor may ask as soon as
+   * the control socket answers, which is before the vCPU threads exist: wait for them.
+   */
+  async pinVcpu(index: number, cpus: readonly number[], timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const t = this.threads[index];
+      if (t && t.tid !== 0) {
+        libc.setAffinity(t.tid, cpus);
+        return;
+      }
+      if (this.outcome || Date.now() > deadline)
+        throw new RangeError(`there is no running vCPU ${index}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   /** Press the ACPI power button: a well-behaved guest shuts down. */
