@@ -227,7 +227,6 @@ function vcpus(c: Conversion, r: Reader, domain: XNode, spec: Record<string, unk
   else if (vcpu?.attrs.cpuset !== undefined) {
     spec.cpus = hostCpuList(c, "vcpu/@cpuset", vcpu.attrs.cpuset);
     c.origin("cpus", "vcpu/@cpuset");
-    warnNotEnforced(c, "vcpu/@cpuset", "vCPU pinning");
   }
 
   const cputune = r.one(domain, "cputune");
@@ -242,7 +241,35 @@ function vcpus(c: Conversion, r: Reader, domain: XNode, spec: Record<string, unk
   }
   if (Object.keys(pins).length > 0) {
     spec.vcpuPin = pins;
-    warnNotEnforced(c, "cputune/vcpupin", "per-vCPU pinning");
+  }
+  // libvirt's shares default to 1024 where xl's weight (our scale) defaults to 256.
+  const shares = r.one(cputune, "shares");
+  if (shares) {
+    const n = Number(shares.text);
+    if (!Number.isInteger(n) || n < 2) c.fail(shares.key, "expected a whole number of shares");
+    spec.cpuWeight = Math.min(65535, Math.max(1, Math.round(n / 4)));
+    c.origin("cpuWeight", shares.key);
+  }
+  // period and quota (µs) are what cpu.max takes; as a cap they are quota/period CPUs.
+  const quota = r.one(cputune, "quota");
+  const periodNode = r.one(cputune, "period");
+  if (quota) {
+    const q = Number(quota.text);
+    const period = periodNode ? Number(periodNode.text) : 100_000;
+    if (!Number.isInteger(q)) c.fail(quota.key, "expected microseconds");
+    if (!Number.isInteger(period) || period < 1000)
+      c.fail(periodNode?.key ?? "cputune/period", "expected microseconds (at least 1000)");
+    if (q > 0) {
+      // libvirt's quota is per vCPU; the domain's cap is the sum.
+      const vcpus = Number(spec.vcpus ?? 1);
+      spec.cpuCap = Math.max(1, Math.round(((q * vcpus) / period) * 100));
+      c.origin("cpuCap", quota.key);
+    }
+  }
+  const emulator = r.one(cputune, "emulatorpin");
+  if (emulator?.attrs.cpuset !== undefined) {
+    spec.vmmCpus = hostCpuList(c, `${emulator.key}/@cpuset`, emulator.attrs.cpuset);
+    c.origin("vmmCpus", emulator.key);
   }
 }
 

@@ -294,13 +294,11 @@ function memoryAndCpus(c: Conversion, xl: XlReader, spec: Record<string, unknown
   if (weight !== undefined) {
     spec.cpuWeight = weight;
     c.origin("cpuWeight", "cpu_weight");
-    warnNotEnforced(c, "cpu_weight", "the CPU weight");
   }
   const cap = xl.number("cap");
   if (cap !== undefined && cap !== 0) {
     spec.cpuCap = cap;
     c.origin("cpuCap", "cap");
-    warnNotEnforced(c, "cap", "the CPU cap");
   }
 }
 
@@ -322,7 +320,6 @@ function pinning(c: Conversion, xl: XlReader, spec: Record<string, unknown>, max
     if (list === undefined) return;
     spec.cpus = list;
     c.origin("cpus", "cpus");
-    warnNotEnforced(c, "cpus", "vCPU pinning");
     return;
   }
   const pins: Record<string, string> = {};
@@ -339,7 +336,6 @@ function pinning(c: Conversion, xl: XlReader, spec: Record<string, unknown>, max
   if (Object.keys(pins).length === 0) return;
   spec.vcpuPin = pins;
   c.origin("vcpuPin", "cpus");
-  warnNotEnforced(c, "cpus", "per-vCPU pinning");
 }
 
 function disks(c: Conversion, xl: XlReader, spec: Record<string, unknown>): void {
