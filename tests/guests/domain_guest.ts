@@ -4,7 +4,8 @@
 // would; that needs real KVM (this machine's kvm_pvm cannot deliver an interrupt into such a
 // guest: it fails as int3 does, see HOST-NOTES). Without it, the guest ignores the button,
 // which is what a test of shutdown's timeout needs. Sleeping in hlt costs no host CPU, so
-// many of these can run at once (the load script does).
+// many of these can run at once (the load script does). With `spin`, it spins with
+// interrupts off instead, burning all the CPU it is given (for CPU-cap tests).
 
 import { writeFileSync } from "node:fs";
 import { assemblePvhElf, POWEROFF } from "./assemble.js";
@@ -13,7 +14,7 @@ const GED_VECTOR = 0x30;
 
 export const DOMAIN_GUEST_READY = "DOMAIN-GUEST-READY";
 
-const source = (powerButton: boolean) => `
+const source = (powerButton: boolean, spin: boolean) => `
   mov $msg, %esi
   mov $0x3f8, %dx
 print:
@@ -23,7 +24,7 @@ print:
   out %al, %dx
   jmp print
 printed:
-${powerButton ? "" : "  cli\n1: hlt\n  jmp 1b\n"}
+${spin ? "  cli\n1: jmp 1b\n" : powerButton ? "" : "  cli\n1: hlt\n  jmp 1b\n"}
   # IDT gate for the GED vector, with our own code segment (whatever the VMM chose).
   mov $handler, %eax
   mov $idt + ${GED_VECTOR} * 8, %edi
@@ -55,7 +56,10 @@ idtr: .word ${(GED_VECTOR + 1) * 8 - 1}
 `;
 
 /** Write the guest as an ELF vmlinux with a PVH note, ready for `vessel run --kernel`. */
-export function writeDomainGuest(path: string, opts: { powerButton: boolean }): string {
-  writeFileSync(path, assemblePvhElf(source(opts.powerButton)));
+export function writeDomainGuest(
+  path: string,
+  opts: { powerButton: boolean; spin?: boolean },
+): string {
+  writeFileSync(path, assemblePvhElf(source(opts.powerButton, opts.spin === true)));
   return path;
 }

@@ -50,6 +50,22 @@ export const domainCases: LabCase[] = [
   },
   {
     scenario: {
+      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change), vCPU pinning, metrics",
+      script: node("tests/lab/resources_scenario.js"),
+      timeoutSec: 300,
+    },
+    check: (r) => {
+      const failed = r.output.split("\n").filter((l) => /^CHECK .* FAILED/.test(l));
+      assert.deepEqual(failed, [], "steps failed");
+      for (const l of r.output.split("\n").filter((x) => x.startsWith("RESOURCES ")))
+        process.stderr.write(`lab: ${l}\n`);
+      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 5);
+      assert.match(r.output, /RESOURCES-SCENARIO-DONE failures=0/);
+      assert.equal(r.exitCode, 0);
+    },
+  },
+  {
+    scenario: {
       name: "domains: the load script starts and destroys 50 small domains, 4 at a time, without a failure",
       script: node("bench/domains_load.js", "--domains 50 --concurrency 4 --json"),
       timeoutSec: 600,
