@@ -1,11 +1,11 @@
 // The VMM's seccomp filter: an allow-list of the system calls a running VMM makes (Node,
-// libuv, V8, koffi and our own code), everything else kills the whole process. Derived
-// from `strace -f` of `vessel run` from the moment its resources are open (the jail point)
-// to its exit, exercising the control socket (status, stats, pause, resume, balloon,
-// power button, stop), the console socket, vCPU worker start-up, the outcome file, and the
-// virtio-blk I/O path; see docs in README.md ("The jail"). One filter for every thread:
-// main, vCPU workers and Node's helpers all run the same JavaScript runtime, so per-thread
-// lists would differ only in a handful of calls while costing a filter install per thread.
+// libuv, V8, koffi and our own code); everything else kills the whole process. Derived
+// from `strace -f` of `vessel run` after the jail point to its exit, through every control
+// op, the console socket, a terminal, a TAP, rng and balloon devices, the outcome file and
+// virtio-blk's I/O path (tests/jail_filtered_io.ts); a TAP's readv/writev come from
+// reading tap.ts, as no test guest here sends frames. One filter for every thread: they all
+// run the same runtime, and per-thread lists would differ in a handful of calls while
+// costing an install per thread. README.md ("The jail") says what it leaves reachable.
 
 import { BpfAssembler, encode, type Insn } from "./bpf.js";
 import { type SyscallName, X86_64 } from "./syscalls.js";
