@@ -32,10 +32,12 @@ const HARDENING = sandbox.MS_NOSUID | sandbox.MS_NODEV | sandbox.MS_NOEXEC;
 /**
  * Make `path` visible under `root` at the same path: each symlink on the way is recreated
  * as a symlink (so Node's realpath gives the same answers inside), and the final target is
- * bind-mounted. Returns the mount points created, in jail paths.
+ * bind-mounted; its host path is added to `mounts`.
  */
-function expose(root: string, path: string, readOnly: boolean, mounts: string[]): void {
+function expose(root: string, path: string, readOnly: boolean, mounts: string[], links = 0): void {
   if (!isAbsolute(path)) throw new RangeError(`jail: ${path} is not an absolute path`);
+  // As the kernel's SYMLOOP_MAX: a cycle of links ends here rather than in a stack overflow.
+  if (links > 40) throw new RangeError(`jail: too many symbolic links on the way to ${path}`);
   const parts = path.split(sep).filter((p) => p !== "");
   let at = "/";
   for (let i = 0; i < parts.length; i++) {
@@ -48,7 +50,8 @@ function expose(root: string, path: string, readOnly: boolean, mounts: string[])
         mkdirSync(dirname(inJail), { recursive: true });
         symlinkSync(target, inJail);
       }
-      expose(root, join(resolve(at, target), ...parts.slice(i + 1)), readOnly, mounts);
+      const rest = parts.slice(i + 1);
+      expose(root, join(resolve(at, target), ...rest), readOnly, mounts, links + 1);
       return;
     }
     at = next;
