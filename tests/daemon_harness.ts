@@ -73,7 +73,7 @@ export interface DaemonUnderTest {
 
 /** Start `vessel daemon` (again, when `dir` is given) and wait until it answers. */
 export async function startDaemon(
-  opts: { dir?: string; args?: string[]; slowKvm?: boolean } = {},
+  opts: { dir?: string; args?: string[]; slowKvm?: boolean; env?: Record<string, string> } = {},
 ): Promise<DaemonUnderTest> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "vessel-daemon-test-"));
   const stateDir = join(dir, "state");
@@ -92,7 +92,7 @@ export async function startDaemon(
       ...(opts.slowKvm === false ? [] : ["--slow-kvm"]),
       ...(opts.args ?? []),
     ],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...opts.env } },
   );
   child.stdout?.on("data", (b: Buffer) => logs.push(b));
   child.stderr?.on("data", (b: Buffer) => logs.push(b));

@@ -35,6 +35,8 @@ async function info(name: string): Promise<DomainInfo> {
   return r.json as DomainInfo;
 }
 
+const info_ = (name: string) => info(name);
+
 async function act(name: string, action: string, body?: unknown) {
   const r = await d.call(
     "POST",
@@ -47,6 +49,9 @@ async function act(name: string, action: string, body?: unknown) {
 
 before(async () => {
   assert.ok(existsSync("/dev/kvm"), "these tests need /dev/kvm");
+  // The test hook lets a test make a jailed VMM do a forbidden system call; every daemon
+  // this file starts (restarts included) inherits it.
+  process.env.VESSEL_TEST_HOOKS = "1";
   d = await startDaemon();
   kernel = writeDomainGuest(join(d.dir, "guest.elf"), { powerButton: false });
 });
@@ -415,6 +420,43 @@ test("vCPU pinning at start (cpus, vcpuPin) and at runtime, seen by sched_getaff
     assert.match((r.json as { error: { message: string } }).error.message, /cgroup/);
   }
   await act("pinned", "destroy");
+});
+
+test("every VMM is jailed: not root, no capabilities, no_new_privs, seccomp, own mount namespace with none of the host's files; a forbidden call is reported as a crash", async () => {
+  await d.call("POST", "/v1/domains", "/v1/domains", spec("walled", { onCrash: "preserve" }));
+  const info = (await act("walled", "start")).json as DomainInfo;
+  assert.equal(info.jailed, true);
+  const pid = info.pid ?? 0;
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, "m").exec(status)?.[1] ?? "";
+  assert.notEqual(field("Uid").split(/\s+/)[0], "0");
+  assert.equal(field("Seccomp"), "2");
+  assert.equal(field("NoNewPrivs"), "1");
+  assert.equal(field("CapEff"), "0000000000000000");
+  const { readlinkSync } = await import("node:fs");
+  assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync("/proc/self/ns/mnt"));
+  assert.notEqual(readlinkSync(`/proc/${pid}/ns/pid`), readlinkSync("/proc/self/ns/pid"));
+  const root = readdirSync(`/proc/${pid}/root`);
+  for (const hostDir of ["etc", "home", "root", "var", "dev", "proc"])
+    assert.ok(!root.includes(hostDir), `/${hostDir} is visible in the jail (${root.join(" ")})`);
+  // Still a working VMM: the API reaches it through its control socket.
+  assert.equal(
+    (await d.call("GET", "/v1/domains/{name}/stats", "/v1/domains/walled/stats")).status,
+    200,
+  );
+
+  const { ControlClient } = await import("../src/vmm/control.js");
+  const control = await ControlClient.connect(
+    join(d.runtimeDir, "domains", "walled", "control.sock"),
+  );
+  control.request("test-forbidden-syscall").catch(() => {});
+  const crashed = await waitFor("walled to crash", async () => {
+    const i = await info_("walled");
+    return i.state === "crashed" ? i : undefined;
+  });
+  control.close();
+  assert.equal(crashed.reason, "seccomp", "the daemon names the seccomp filter");
+  await act("walled", "destroy");
 });
 
 test("the CLI: tables for people, --json for programs, one-line errors with exit 1", async () => {

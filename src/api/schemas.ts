@@ -29,11 +29,13 @@ export const DomainInfo = Type.Object(
     autostart: Type.Boolean(),
     vcpus: Type.Integer(),
     memoryBytes: Type.Integer(),
-    /** The VMM process while it runs. */
+    /** The VMM process while it runs (its host pid; a jailed VMM's launcher is its parent). */
     pid: Type.Union([Type.Integer(), Type.Null()]),
     startedAt: Type.Union([Type.String(), Type.Null()]),
     /** Unix socket of the console while it runs (local clients attach to it directly). */
     consoleSocket: Type.Union([Type.String(), Type.Null()]),
+    /** Whether the running VMM is jailed (namespaces, own uid, seccomp); null when off. */
+    jailed: Type.Union([Type.Boolean(), Type.Null()]),
     /** The domain's cgroup v2 directory while it runs (null where the host has none). */
     cgroup: Type.Union([Type.String(), Type.Null()]),
     /** Operation in progress, if any (a second one is refused with 409). */

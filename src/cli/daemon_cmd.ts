@@ -17,6 +17,8 @@ export interface DaemonFlags {
   listen?: string;
   tokenFile?: string;
   slowKvm?: boolean;
+  /** commander's --no-jail: false when given. */
+  jail?: boolean;
 }
 
 function readTokens(path: string): string[] {
@@ -46,6 +48,19 @@ function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] ?? m[2] ?? "", port };
 }
 
+/** Jail every VMM unless told not to; the walls need root (mount namespaces, setuid). */
+function jailWanted(flags: DaemonFlags, log: (l: string) => void): boolean {
+  if (flags.jail === false) {
+    log("VMMs run without the jail (--no-jail)");
+    return false;
+  }
+  if (process.getuid?.() !== 0) {
+    log("VMMs run without the jail: it needs root (run the daemon as root, or pass --no-jail)");
+    return false;
+  }
+  return true;
+}
+
 export async function daemonCommand(flags: DaemonFlags): Promise<number> {
   const defaults = defaultPaths();
   const paths = {
@@ -62,6 +77,7 @@ export async function daemonCommand(flags: DaemonFlags): Promise<number> {
     paths,
     vesselCommand: [process.execPath, bin],
     slowKvm: flags.slowKvm === true,
+    jail: jailWanted(flags, log),
     log,
   });
   const socket = flags.socket ?? apiSocketPath(paths);

@@ -59,6 +59,12 @@ program
   .option("--outcome-file <path>", "write how the VM ended here as JSON (for a supervisor)")
   .option("--name <name>", "domain name, shown as the process title")
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
+  .option(
+    "--jail",
+    "run confined: own mount and PID namespaces, a minimal root, an unprivileged user, seccomp",
+  )
+  .option("--jail-uid <n>", "with --jail: the VMM's uid (default 900000)")
+  .option("--jail-gid <n>", "with --jail: the VMM's gid (default 900000)")
   .action(async (opts) => {
     exitCode = await (await runModule()).runCommand(opts);
   });
@@ -122,6 +128,7 @@ program
   .option("--listen <host:port>", "also serve the API on TCP (needs --token-file)")
   .option("--token-file <file>", "bearer tokens accepted on TCP, one per line")
   .option("--slow-kvm", "let VMMs boot on a /dev/kvm that interprets guest code (test hosts)")
+  .option("--no-jail", "run VMMs without the jail (namespaces, own uid, seccomp)")
   .action(async (opts) => {
     exitCode = await (await import("./daemon_cmd.js")).daemonCommand(opts);
   });

@@ -12,6 +12,7 @@ import {
   libc,
   MissingCapabilityError,
 } from "../host/mod.js";
+import type { JailOptions } from "../jail/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
 import { writeFileAtomic } from "../vmm/atomic_file.js";
@@ -44,6 +45,10 @@ export interface RunFlags {
   outcomeFile?: string;
   /** The domain's name, shown in `ps` as the process title. */
   name?: string;
+  /** Run the VMM in its jail (namespaces, minimal root, its own user, seccomp). */
+  jail?: boolean;
+  jailUid?: string;
+  jailGid?: string;
 }
 
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -112,7 +117,45 @@ export function validateRunFlags(flags: RunFlags) {
   return { memoryBytes, cpus, kernel, initrd, cmdline };
 }
 
+/** Only `vessel run --jail` loads the jail's code. */
+const jailModule = () => import("../jail/mod.js");
+
+/** --jail: check its flags; the first time through, relaunch in namespaces of its own. */
+async function prepareJail(flags: RunFlags): Promise<JailOptions | undefined> {
+  if (!flags.jail) {
+    if (flags.jailUid !== undefined || flags.jailGid !== undefined)
+      throw new UsageError("--jail-uid/--jail-gid: only with --jail");
+    return undefined;
+  }
+  const jail = await jailModule();
+  let options: JailOptions;
+  try {
+    options = {
+      uid: jail.parseJailId("--jail-uid", flags.jailUid),
+      gid: jail.parseJailId("--jail-gid", flags.jailGid),
+      outcomeFile: flags.outcomeFile,
+      taps: (flags.net ?? []).map((n) => parseNet(n).tap),
+    };
+  } catch (e) {
+    if (e instanceof RangeError) throw new UsageError(e.message);
+    throw e;
+  }
+  if (!jail.relaunched()) {
+    // Mistakes in the other flags cost one line here, before any namespace exists.
+    const input = validateRunFlags(flags);
+    input.kernel.close();
+    input.initrd?.close();
+    try {
+      jail.relaunchInNamespaces();
+    } catch (e) {
+      throw new UsageError(`--jail: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  return options;
+}
+
 export async function runCommand(flags: RunFlags): Promise<number> {
+  const jailOptions = await prepareJail(flags);
   const input = validateRunFlags(flags);
   if (!flags.slowKvm) {
     const kvm = hostKvmCanBootLinux();
@@ -207,6 +250,8 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   consoleInput = guestInput;
   const restoreTty = consoleServer ? () => {} : attachConsole(vm, stdin, guestInput);
   let control: ControlServer | undefined;
+  // Inside the jail's PID namespace process.pid is 1; a supervisor wants the host's pid.
+  const vmmPid = jailOptions ? (await jailModule()).hostPid() : process.pid;
   if (flags.controlSocket) {
     try {
       control = await ControlServer.listen(
@@ -216,6 +261,8 @@ export async function runCommand(flags: RunFlags): Promise<number> {
           cpus: input.cpus,
           memoryBytes: input.memoryBytes,
           setupMs,
+          pid: vmmPid,
+          jailed: jailOptions !== undefined,
         }),
       );
     } catch (e) {
@@ -235,6 +282,19 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   process.on("SIGPWR", onPower);
+  if (jailOptions) {
+    // Everything is open: /dev/kvm, the VM and vCPU fds, images, TAPs, both sockets.
+    try {
+      (await jailModule()).enterJail(jailOptions);
+    } catch (e) {
+      restoreTty();
+      await control?.close();
+      vm.close();
+      await closeDevices(devices);
+      await consoleServer?.close();
+      throw new UsageError(`--jail: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
   let outcome: Outcome;
   try {
     outcome = await vm.run();
@@ -280,7 +340,6 @@ function controlHandlers(
   return {
     status: () => ({
       ...about,
-      pid: process.pid,
       state: vm.paused ? "paused" : "running",
       vcpuThreads: vm.vcpuThreadIds(),
     }),
@@ -309,6 +368,18 @@ function controlHandlers(
         return { name: d?.name, ...t.stats(), metrics: d?.metrics?.() ?? null };
       }),
     }),
+    ...(process.env.VESSEL_TEST_HOOKS === "1" ? testHooks() : {}),
+  };
+}
+
+/**
+ * Ops for tests only, present when VESSEL_TEST_HOOKS=1 was set at start: they prove a
+ * property of the running VMM from outside and do nothing useful otherwise.
+ */
+function testHooks(): Record<string, ControlHandler> {
+  return {
+    /** Make a call the jail's filter forbids: a jailed VMM dies of SIGSYS (no reply). */
+    "test-forbidden-syscall": async () => (await jailModule()).testForbiddenCall(),
   };
 }
 

@@ -18,6 +18,8 @@ export interface DaemonOptions {
   vesselCommand: readonly string[];
   slowKvm?: boolean;
   log?: (line: string) => void;
+  /** Jail every VMM (`vessel run --jail`). */
+  jail?: boolean;
   /** Tests pass a fixed answer; otherwise /sys/fs/cgroup is examined. */
   cgroups?: CgroupSupport;
 }
@@ -44,6 +46,9 @@ export class Daemon {
     const cgroups = options.cgroups ?? detectCgroups();
     if (!cgroups.ok) log(`no resource limits: ${cgroups.reason}`);
     this.ctx = {
+      jail: options.jail === true,
+      jailUidsInUse: () =>
+        new Set([...this.domains.values()].map((d) => d.jailUid).filter((u) => u !== undefined)),
       cgroups,
       saveDefinition: (spec) => {
         this.store.save(spec);

@@ -11,6 +11,7 @@
 
 import { spawn } from "node:child_process";
 import {
+  chownSync,
   closeSync,
   existsSync,
   mkdirSync,
@@ -35,6 +36,10 @@ export interface DomainContext {
   vesselCommand: readonly string[];
   /** Pass --slow-kvm to VMMs (test hosts whose /dev/kvm interprets guest code). */
   slowKvm: boolean;
+  /** Run each VMM in `vessel run --jail` walls (root only; see src/jail/). */
+  jail: boolean;
+  /** uids of the jails of running domains, so a new one gets its own. */
+  jailUidsInUse(): Set<number>;
   /** Where domains' cgroups go, or why there are none. */
   cgroups: CgroupSupport;
   emit(event: Omit<DomainEvent, "seq" | "time">): void;
@@ -53,14 +58,21 @@ interface RunRecord {
   startedAt: string;
   spec: DomainSpec;
   transient: boolean;
+  /** The jail's uid (and gid), when the VMM runs jailed. */
+  jailUid?: number;
 }
 
 interface Live {
   record: RunRecord;
   control: ControlClient;
+  /** The VMM's own host pid: record.pid is the jail's launcher when it is jailed. */
+  vmmPid: number;
 }
 
 const START_TIMEOUT_MS = 60_000;
+/** Jailed VMMs get uids (and gids) from here up, one per running domain. */
+export const JAIL_UID_BASE = 900_000;
+const JAIL_UIDS = 65_536;
 const DESTROY_GRACE_MS = 5_000;
 /** More restarts than this within RESTART_WINDOW_MS means a loop: stop and say crashed. */
 const MAX_RESTARTS = 5;
@@ -78,6 +90,8 @@ export class Domain {
   private stopWaiters: (() => void)[] = [];
   /** What mem-set last asked for (undefined: the spec's memory). */
   private memoryTarget: number | undefined;
+  /** How our own child ended (unknown for a VMM adopted after a daemon restart). */
+  private lastExit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 
   constructor(
     /** The persistent definition; undefined for a transient domain. */
@@ -95,6 +109,11 @@ export class Domain {
     const s = this.runningSpec ?? this.definition;
     if (!s) throw new Error("domain without a spec");
     return s;
+  }
+
+  /** The jail uid of the running VMM, if it is jailed. */
+  get jailUid(): number | undefined {
+    return this.live?.record.jailUid;
   }
 
   get active(): boolean {
@@ -117,10 +136,11 @@ export class Domain {
       autostart: this.definition?.autostart === true,
       vcpus: spec.vcpus,
       memoryBytes: sizeBytes("memory", spec.memory),
-      pid: this.live?.record.pid ?? null,
+      pid: this.live?.vmmPid ?? null,
       startedAt: this.live?.record.startedAt ?? null,
       consoleSocket: this.live ? files.console : null,
       cgroup: this.live ? (this.cgroup()?.path ?? null) : null,
+      jailed: this.live ? this.live.record.jailUid !== undefined : null,
       operation: this.operation ?? null,
       spec: this.definition ?? spec,
     };
@@ -164,6 +184,15 @@ export class Domain {
     const files = domainRunFiles(this.ctx.paths, this.name);
     rmSync(files.dir, { recursive: true, force: true });
     mkdirSync(files.dir, { recursive: true, mode: 0o700 });
+    mkdirSync(files.outDir, { mode: 0o700 });
+    let jailUid: number | undefined;
+    if (this.ctx.jail) {
+      const used = this.ctx.jailUidsInUse();
+      jailUid = JAIL_UID_BASE;
+      while (used.has(jailUid) && jailUid < JAIL_UID_BASE + JAIL_UIDS) jailUid++;
+      // The jailed VMM writes its outcome here and nowhere else on the host.
+      chownSync(files.outDir, jailUid, jailUid);
+    }
     const cgroup = this.prepareCgroup(spec);
     const logFd = openSync(files.log, "a", 0o600);
     const argv = [
@@ -171,6 +200,9 @@ export class Domain {
       ...this.ctx.vesselCommand.slice(1),
       "run",
       ...runFlags(spec, files, this.ctx.slowKvm),
+      ...(jailUid !== undefined
+        ? ["--jail", "--jail-uid", String(jailUid), "--jail-gid", String(jailUid)]
+        : []),
     ];
     // With a cgroup the VMM starts inside it: a shell joins it, then execs the VMM, so not
     // one page or thread of the VMM is ever accounted outside its limits.
@@ -184,9 +216,13 @@ export class Domain {
     });
     closeSync(logFd);
     const exited = new Promise<number | null>((resolve) => {
-      child.once("exit", (code) => resolve(code));
+      child.once("exit", (code, signal) => {
+        this.lastExit = { code, signal };
+        resolve(code);
+      });
       child.once("error", () => resolve(-1));
     });
+    this.lastExit = undefined;
     child.unref();
     const pid = child.pid;
     if (pid === undefined) {
@@ -199,6 +235,7 @@ export class Domain {
       startedAt: new Date().toISOString(),
       spec,
       transient: this.definition === undefined,
+      ...(jailUid !== undefined ? { jailUid } : {}),
     };
     writeFileAtomic(files.record, `${JSON.stringify(record)}\n`);
     // Ready when the control socket answers; a VMM that exits first failed to start, and the
@@ -225,9 +262,11 @@ export class Domain {
       }
       await new Promise((r) => setTimeout(r, 50));
     }
+    let vmmPid = pid;
     if (control) {
       try {
-        await this.applyPinning(spec, control, pid);
+        vmmPid = ((await control.request("status")) as { pid?: number }).pid ?? pid;
+        await this.applyPinning(spec, control, vmmPid);
       } catch (e) {
         control.close();
         process.kill(pid, "SIGKILL");
@@ -250,7 +289,7 @@ export class Domain {
       throw new DomainError("START_FAILED", `domain ${this.name} failed to start: ${why}`);
     }
     this.runningSpec = spec;
-    this.attach({ record, control });
+    this.attach({ record, control, vmmPid });
     this.memoryTarget = undefined;
     // Booted with maxMemory: the balloon holds back what is above memory from the start.
     const held = bootMemory(spec) - sizeBytes("memory", spec.memory);
@@ -294,7 +333,8 @@ export class Domain {
       // Only once every vCPU thread exists: one started later would inherit the main
       // thread's mask, and the vCPUs would land on the VMM's CPUs.
       const threads = await waitForVcpuThreads(control, spec.vcpus);
-      const vcpuTids = new Set(threads);
+      const host = hostTids(pid);
+      const vcpuTids = new Set(threads.map((t) => host.get(t) ?? t));
       // The main thread first: threads it starts later (libuv's pool) inherit its mask.
       const tids = [
         pid,
@@ -324,7 +364,12 @@ export class Domain {
   async vcpuInfo(): Promise<VcpuRow[]> {
     const live = this.requireLive("list its vCPUs");
     const rows = (await live.control.request("affinity")) as Omit<VcpuRow, "cpuTimeNs">[];
-    return rows.map((r) => ({ ...r, cpuTimeNs: threadCpuNs(live.record.pid, r.tid) }));
+    // A jailed VMM knows its threads by their ids in its own PID namespace.
+    const host = hostTids(live.vmmPid);
+    return rows.map((r) => {
+      const tid = host.get(r.tid) ?? r.tid;
+      return { ...r, tid, cpuTimeNs: threadCpuNs(live.vmmPid, tid) };
+    });
   }
 
   /** Change the CPU cap and weight at runtime (xl sched-credit); kept for the next start too. */
@@ -373,9 +418,9 @@ export class Domain {
     if (alive) {
       try {
         const control = await ControlClient.connect(files.control, 3000);
-        const status = (await control.request("status")) as { state?: string };
+        const status = (await control.request("status")) as { state?: string; pid?: number };
         this.live = undefined;
-        this.attach({ record, control });
+        this.attach({ record, control, vmmPid: status.pid ?? record.pid });
         if (status.state === "paused") this.setState("paused", "user");
         else this.setState("running", "booted");
         return true;
@@ -431,8 +476,12 @@ export class Domain {
       this.emit("stopped", "shutdown");
       action = spec.onReboot;
     } else {
-      // No outcome file: the VMM was killed. Otherwise the guest or the VMM failed.
-      crashReason = outcome ? outcome.kind : "killed";
+      // No outcome file: the VMM was killed (by its seccomp filter when it died of SIGSYS:
+      // the jail's launcher exits 128+31 or with the signal). Otherwise the guest or the VMM
+      // failed.
+      const exit = this.lastExit;
+      const sigsys = exit?.signal === "SIGSYS" || exit?.code === 128 + 31;
+      crashReason = outcome ? outcome.kind : sigsys ? "seccomp" : "killed";
       this.setState("crashed", crashReason);
       this.emit("crashed", crashReason);
       action = spec.onCrash;
@@ -603,7 +652,7 @@ export class Domain {
   async memoryReport(): Promise<Record<string, unknown> | null> {
     if (!this.live) return null;
     const spec = this.live.record.spec;
-    const rssBytes = residentBytes(this.live.record.pid);
+    const rssBytes = residentBytes(this.live.vmmPid);
     let balloon: unknown = null;
     if (spec.balloon) {
       balloon = await this.live.control.request("balloon-stats").catch(() => null);
@@ -714,6 +763,29 @@ export function limitsFor(spec: DomainSpec): CgroupLimits {
       : {}),
     memoryMaxBytes: memoryMaxFor(bootMemory(spec), spec.vcpus, devices),
   };
+}
+
+/** Thread ids in the VMM's PID namespace → host thread ids (identity when not jailed). */
+function hostTids(pid: number): Map<number, number> {
+  const map = new Map<number, number>();
+  try {
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      const m = /^NSpid:\s+(\d+)(?:\s+(\d+))*\s*$/m.exec(
+        readFileSync(`/proc/${pid}/task/${t}/status`, "utf8"),
+      );
+      const ids =
+        m?.[0]
+          .replace(/^NSpid:\s+/, "")
+          .trim()
+          .split(/\s+/)
+          .map(Number) ?? [];
+      const inner = ids[ids.length - 1];
+      if (inner !== undefined) map.set(inner, Number(t));
+    }
+  } catch {
+    // the VMM is gone; callers fall back to the ids they have
+  }
+  return map;
 }
 
 /** utime + stime of one thread, in nanoseconds (USER_HZ is 100 on Linux x86-64). */

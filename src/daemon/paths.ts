@@ -42,7 +42,9 @@ export function domainRunFiles(paths: DaemonPaths, name: string) {
     dir,
     control: join(dir, "control.sock"),
     console: join(dir, "console.sock"),
-    outcome: join(dir, "outcome.json"),
+    /** Written by the VMM; in its own directory, the only one a jailed VMM may write. */
+    outDir: join(dir, "out"),
+    outcome: join(dir, "out", "outcome.json"),
     /** What the daemon started: pid, spec, transient flag (for finding it after a restart). */
     record: join(dir, "vmm.json"),
     log: join(dir, "vmm.log"),

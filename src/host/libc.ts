@@ -27,6 +27,7 @@ const fallocateFn = lib.func("int fallocate(int fd, int mode, int64_t offset, in
 const setAffinityFn = lib.func("int sched_setaffinity(int pid, size_t size, const void *mask)");
 const getAffinityFn = lib.func("int sched_getaffinity(int pid, size_t size, void *mask)");
 const sigmaskFn = lib.func("int pthread_sigmask(int how, const void *set, void *oldset)");
+const socketFn = lib.func("int socket(int domain, int type, int protocol)");
 
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
@@ -187,6 +188,10 @@ export function unblockSignal(signal: number): void {
   set[0] = 1n << BigInt(signal - 1);
   const rc = sigmaskFn(SIG_UNBLOCK, set, null) as number;
   if (rc !== 0) throw new HostError("pthread_sigmask", rc);
+}
+
+export function socket(domain: number, type: number, protocol: number): number {
+  return check("socket", socketFn(domain, type | O_CLOEXEC, protocol));
 }
 
 export function errno(): number {

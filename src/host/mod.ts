@@ -7,3 +7,4 @@ export * from "./errors.js";
 export * from "./kvm.js";
 export * as abi from "./kvm_abi.js";
 export * as libc from "./libc.js";
+export * as sandbox from "./sandbox.js";
