@@ -23,7 +23,7 @@ class Family {
   }
 }
 
-function escape(v: string): string {
+function escapeLabel(v: string): string {
   return v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll('"', '\\"');
 }
 
@@ -33,7 +33,7 @@ function render(families: Family[]): string {
     out.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`);
     for (const s of f.samples) {
       const labels = Object.entries(s.labels)
-        .map(([k, v]) => `${k}="${escape(v)}"`)
+        .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
         .join(",");
       out.push(`${f.name}{${labels}} ${s.value}`);
     }

@@ -364,8 +364,12 @@ function controlHandlers(
     stats: () => ({
       ...vm.stats(),
       devices: vm.transports.map((t, i) => {
-        const d = devices[i] as (VirtioDevice & { metrics?: () => unknown }) | undefined;
-        return { name: d?.name, ...t.stats(), metrics: d?.metrics?.() ?? null };
+        // Devices expose their counters as metrics() (block, net, console, balloon) or as a
+        // metrics object (rng); either way they go out as plain numbers.
+        const d = devices[i] as (VirtioDevice & { metrics?: unknown }) | undefined;
+        const m = d?.metrics;
+        const metrics = typeof m === "function" ? (m as () => unknown).call(d) : (m ?? null);
+        return { name: d?.name, ...t.stats(), metrics };
       }),
     }),
     ...(process.env.VESSEL_TEST_HOOKS === "1" ? testHooks() : {}),
