@@ -77,6 +77,11 @@ export async function renderMetrics(daemon: Daemon): Promise<string> {
     "counter",
     "time the domain's cgroup was held back by its CPU cap",
   );
+  const ioThrottled = new Family(
+    "vessel_device_throttled_seconds_total",
+    "counter",
+    "time a device's requests were held back by its I/O limits",
+  );
   const cgroupCpu = new Family(
     "vessel_cgroup_cpu_seconds_total",
     "counter",
@@ -118,6 +123,8 @@ export async function renderMetrics(daemon: Daemon): Promise<string> {
           (m.metric === "bytes" ? devBytes : devOps).add(labels, value);
         }
       }
+      for (const l of (await d.diskLimits()) ?? [])
+        ioThrottled.add({ ...domain, device: l.device }, l.throttledMs / 1000);
       const memory = await d.memoryReport();
       rss.add(domain, memory?.vmmResidentBytes as number | null);
       const actual = (memory?.balloon as { actualPages?: number } | null)?.actualPages;
@@ -138,5 +145,16 @@ export async function renderMetrics(daemon: Daemon): Promise<string> {
       }
     }
   }
-  return render([state, vcpuCpu, exits, devBytes, devOps, throttled, cgroupCpu, balloon, rss]);
+  return render([
+    state,
+    vcpuCpu,
+    exits,
+    devBytes,
+    devOps,
+    ioThrottled,
+    throttled,
+    cgroupCpu,
+    balloon,
+    rss,
+  ]);
 }

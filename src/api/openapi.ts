@@ -173,6 +173,27 @@ export function openApiDocument(): Json {
           responses: { "200": json("DomainInfo", "the domain"), ...errors },
         },
       },
+      "/v1/domains/{name}/disks/{index}/limits": {
+        put: {
+          summary:
+            "replace one disk's I/O limits (token buckets for bytes/s and requests/s), at runtime and for later starts; {} removes them",
+          parameters: [
+            nameParam,
+            { name: "index", in: "path", required: true, schema: { type: "integer", minimum: 0 } },
+          ],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: ref("DiskLimitsRequest") } },
+          },
+          responses: {
+            "200": {
+              description: "the disk's limits now, and the time requests were held back",
+              content: { "application/json": { schema: { type: "object" } } },
+            },
+            ...errors,
+          },
+        },
+      },
       "/metrics": {
         get: {
           summary:

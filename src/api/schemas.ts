@@ -154,6 +154,18 @@ export const ScheduleRequest = Type.Object(
 );
 export type ScheduleRequest = Static<typeof ScheduleRequest>;
 
+/** A disk's I/O limits (the domain spec's disks[].limits); {} removes them. */
+export const DiskLimitsRequest = Type.Object(
+  {
+    bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
+    bandwidthBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+    ops: Type.Optional(Type.Integer({ minimum: 1, description: "requests per second" })),
+    opsBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false, $id: "DiskLimitsRequest" },
+);
+export type DiskLimitsRequest = Static<typeof DiskLimitsRequest>;
+
 export const VersionInfo = Type.Object(
   {
     name: Type.Literal("vessel"),
@@ -183,5 +195,6 @@ export const SCHEMAS = [
   VcpuList,
   PinRequest,
   ScheduleRequest,
+  DiskLimitsRequest,
   VersionInfo,
 ] as const;

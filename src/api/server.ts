@@ -17,6 +17,7 @@ import { sizeBytes } from "../domain/spec.js";
 import { renderMetrics } from "./metrics.js";
 import { openApiDocument } from "./openapi.js";
 import {
+  DiskLimitsRequest,
   type DomainEvent,
   type ErrorBody,
   MemoryRequest,
@@ -153,6 +154,13 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
     const body = checked(ScheduleRequest, await readJson(c, true)) as ScheduleRequest;
     await d.setSchedule(body);
     return c.json(d.info());
+  });
+  app.put("/v1/domains/:name/disks/:index/limits", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    const body = checked(DiskLimitsRequest, await readJson(c, true)) as DiskLimitsRequest;
+    const empty = Object.keys(body).length === 0;
+    const result = await d.setDiskLimits(Number(c.req.param("index")), empty ? null : body);
+    return c.json(result as Record<string, unknown>);
   });
   app.get("/v1/domains/:name/memory", async (c) => {
     const d = daemon.get(c.req.param("name"));

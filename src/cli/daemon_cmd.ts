@@ -19,6 +19,8 @@ export interface DaemonFlags {
   slowKvm?: boolean;
   /** commander's --no-jail: false when given. */
   jail?: boolean;
+  /** commander's --no-limits: false when given. */
+  limits?: boolean;
 }
 
 function readTokens(path: string): string[] {
@@ -78,6 +80,9 @@ export async function daemonCommand(flags: DaemonFlags): Promise<number> {
     vesselCommand: [process.execPath, bin],
     slowKvm: flags.slowKvm === true,
     jail: jailWanted(flags, log),
+    ...(flags.limits === false
+      ? { cgroups: { ok: false as const, reason: "turned off with --no-limits" } }
+      : {}),
     log,
   });
   const socket = flags.socket ?? apiSocketPath(paths);

@@ -5,6 +5,7 @@ import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
 import { VirtioNet } from "../devices/virtio/net/mod.js";
+import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import { VirtioRng } from "../devices/virtio/rng/mod.js";
 import type { FdWatcher } from "../host/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
@@ -14,6 +15,17 @@ export interface DiskSpec {
   path: string;
   readOnly: boolean;
   serial?: string;
+  limits?: LimitConfig;
+}
+
+/** A rate: bytes per second with K/M/G suffixes (1024-based), or a plain count. */
+function parseRate(flag: string, key: string, value: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/i.exec(value);
+  const scale: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
+  const n = m ? Number(m[1]) * (scale[(m[2] ?? "").toLowerCase()] ?? 1) : Number.NaN;
+  if (!(n > 0) || !Number.isFinite(n))
+    throw new UsageError(`${flag}: ${key}=${value} is not a positive rate (e.g. 10M)`);
+  return n;
 }
 
 /** Parse one --disk value. */
@@ -25,7 +37,24 @@ export function parseDisk(text: string): DiskSpec {
     if (opt === "ro") spec.readOnly = true;
     else if (opt === "rw") spec.readOnly = false;
     else if (opt.startsWith("serial=")) spec.serial = opt.slice("serial=".length);
-    else throw new UsageError(`--disk ${text}: unknown option "${opt}" (known: ro, rw, serial=S)`);
+    else if (/^(bw|iops|bw_burst|iops_burst)=/.test(opt)) {
+      const [key = "", value = ""] = opt.split("=", 2);
+      const n = parseRate(`--disk ${text}`, key, value);
+      const limits = (spec.limits ??= {});
+      if (key === "bw") limits.bandwidth = { ...limits.bandwidth, rate: n };
+      if (key === "iops") limits.ops = { ...limits.ops, rate: n };
+      if (key === "bw_burst") limits.bandwidth = { rate: limits.bandwidth?.rate ?? 0, burst: n };
+      if (key === "iops_burst") limits.ops = { rate: limits.ops?.rate ?? 0, burst: n };
+    } else
+      throw new UsageError(
+        `--disk ${text}: unknown option "${opt}" (known: ro, rw, serial=S, bw=RATE, iops=N, bw_burst=, iops_burst=)`,
+      );
+  }
+  for (const [key, b] of [
+    ["bw", spec.limits?.bandwidth],
+    ["iops", spec.limits?.ops],
+  ] as const) {
+    if (b && !(b.rate > 0)) throw new UsageError(`--disk ${text}: a burst needs ${key}= as well`);
   }
   return spec;
 }
@@ -82,6 +111,7 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
           readOnly: spec.readOnly,
           name: `virtio-blk${i}`,
           ...(spec.serial !== undefined ? { serial: spec.serial } : {}),
+          ...(spec.limits ? { limits: spec.limits } : {}),
         });
         opened.push(disk);
         devices.push(disk);

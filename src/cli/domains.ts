@@ -245,6 +245,47 @@ export async function vcpuPinCommand(name: string, vcpu: string, cpus: string, f
   return 0;
 }
 
+export async function limitCommand(
+  name: string,
+  disk: string,
+  flags: NameFlags & {
+    bandwidth?: string;
+    ops?: string;
+    bandwidthBurst?: string;
+    opsBurst?: string;
+    none?: boolean;
+  },
+) {
+  const m = /^(?:vd([a-z])|(\d+))$/.exec(disk);
+  if (!m) throw new UsageError(`device: "${disk}" is not a disk (vda, vdb, ... or 0, 1, ...)`);
+  const index = m[1] ? m[1].charCodeAt(0) - 97 : Number(m[2]);
+  const rate = (flag: string, v: string | undefined) => {
+    if (v === undefined) return undefined;
+    const r = /^(\d+)([KMG]?)$/i.exec(v);
+    const scale: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
+    const n = r ? Number(r[1]) * (scale[(r[2] ?? "").toLowerCase()] ?? 1) : 0;
+    if (!(n >= 1)) throw new UsageError(`--${flag}: "${v}" is not a positive rate (e.g. 10M)`);
+    return n;
+  };
+  const limits = flags.none
+    ? {}
+    : {
+        ...(flags.bandwidth ? { bandwidth: rate("bandwidth", flags.bandwidth) } : {}),
+        ...(flags.bandwidthBurst
+          ? { bandwidthBurst: rate("bandwidth-burst", flags.bandwidthBurst) }
+          : {}),
+        ...(flags.ops ? { ops: rate("ops", flags.ops) } : {}),
+        ...(flags.opsBurst ? { opsBurst: rate("ops-burst", flags.opsBurst) } : {}),
+      };
+  if (!flags.none && Object.keys(limits).length === 0)
+    throw new UsageError("limit: give --bandwidth and/or --ops (or --none)");
+  const r = await api(
+    clientFor(flags).setDiskLimits(name, index, limits as Record<string, number>),
+  );
+  out(flags.json, r, `Domain ${name}: disk ${disk} limits ${JSON.stringify(r)}\n`);
+  return 0;
+}
+
 export async function vcpuListCommand(name: string, flags: NameFlags) {
   const r = await api(clientFor(flags).vcpus(name));
   out(flags.json, r, vcpuTable(r.vcpus));

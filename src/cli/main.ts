@@ -129,6 +129,7 @@ program
   .option("--token-file <file>", "bearer tokens accepted on TCP, one per line")
   .option("--slow-kvm", "let VMMs boot on a /dev/kvm that interprets guest code (test hosts)")
   .option("--no-jail", "run VMMs without the jail (namespaces, own uid, seccomp)")
+  .option("--no-limits", "run domains without cgroups (no CPU or memory limits)")
   .action(async (opts) => {
     exitCode = await (await import("./daemon_cmd.js")).daemonCommand(opts);
   });
@@ -208,6 +209,17 @@ daemonCommand("vcpu-pin", "pin a vCPU of a running domain to host CPUs (xl vcpu-
   .argument("<cpus>", "host CPU list, e.g. 0-1,3")
   .action(async (domain: string, vcpu: string, cpus: string, opts) => {
     exitCode = await (await domainsModule()).vcpuPinCommand(domain, vcpu, cpus, opts);
+  });
+daemonCommand("limit", "set a disk's I/O limits at runtime (token buckets)")
+  .argument("<domain>")
+  .argument("<disk>", "vda, vdb, ... or 0, 1, ...")
+  .option("--bandwidth <rate>", "bytes per second, e.g. 10M")
+  .option("--bandwidth-burst <bytes>", "bucket size for bandwidth (default one second's worth)")
+  .option("--ops <n>", "requests per second")
+  .option("--ops-burst <n>", "bucket size for requests")
+  .option("--none", "remove the limits")
+  .action(async (domain: string, disk: string, opts) => {
+    exitCode = await (await domainsModule()).limitCommand(domain, disk, opts);
   });
 daemonCommand("vcpu-list", "each vCPU's host thread, CPU time and affinity (xl vcpu-list)")
   .argument("<domain>")

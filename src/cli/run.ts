@@ -4,7 +4,9 @@
 import { statSync } from "node:fs";
 import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
+import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
+import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import {
   FdWatcher,
   HostError,
@@ -361,6 +363,19 @@ function controlHandlers(
     "power-button": () => vm.pressPowerButton(),
     stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
     ...balloonHandlers(devices),
+    /** {"op":"limit","device":"virtio-blk0","limits":{...}}: replace a disk's rate limits. */
+    limit: (args) => {
+      const disk = devices.find(
+        (d): d is VirtioBlock => d instanceof VirtioBlock && d.name === args.device,
+      );
+      if (!disk) throw new Error(`no disk named ${String(args.device)}`);
+      disk.setLimits((args.limits ?? {}) as LimitConfig);
+      return disk.limits();
+    },
+    limits: () =>
+      devices
+        .filter((d): d is VirtioBlock => d instanceof VirtioBlock)
+        .map((d) => ({ device: d.name, ...d.limits() })),
     stats: () => ({
       ...vm.stats(),
       devices: vm.transports.map((t, i) => {

@@ -5,6 +5,7 @@
 
 import { request } from "node:http";
 import type {
+  DiskLimitsRequest,
   DomainEvent,
   DomainInfo,
   DomainList,
@@ -173,6 +174,18 @@ export class VesselClient {
   /** Change the CPU cap and weight (null removes a setting). */
   schedule(name: string, change: ScheduleRequest): Promise<DomainInfo> {
     return this.call("PUT", `/v1/domains/${encodeURIComponent(name)}/schedule`, change);
+  }
+  /** Replace disk `index`'s I/O limits ({} removes them). */
+  setDiskLimits(
+    name: string,
+    index: number,
+    limits: DiskLimitsRequest,
+  ): Promise<Record<string, unknown>> {
+    return this.call(
+      "PUT",
+      `/v1/domains/${encodeURIComponent(name)}/disks/${index}/limits`,
+      limits,
+    );
   }
   /** The Prometheus text of /metrics. */
   async metrics(): Promise<string> {

@@ -665,6 +665,52 @@ export class Domain {
     };
   }
 
+  /** Replace disk `index`'s rate limits at runtime (vessel limit); kept for later starts. */
+  async setDiskLimits(index: number, limits: DiskLimits | null): Promise<unknown> {
+    return this.exclusive("limit", async () => {
+      const live = this.requireLive("limit its I/O");
+      const disks = live.record.spec.disks ?? [];
+      const disk = disks[index];
+      if (!Number.isInteger(index) || !disk)
+        throw new DomainError("INVALID", `device: ${this.name} has no disk ${index}`);
+      const config = {
+        ...(limits?.bandwidth
+          ? {
+              bandwidth: {
+                rate: limits.bandwidth,
+                ...(limits.bandwidthBurst ? { burst: limits.bandwidthBurst } : {}),
+              },
+            }
+          : {}),
+        ...(limits?.ops
+          ? { ops: { rate: limits.ops, ...(limits.opsBurst ? { burst: limits.opsBurst } : {}) } }
+          : {}),
+      };
+      const result = await live.control.request("limit", {
+        device: `virtio-blk${index}`,
+        limits: config,
+      });
+      const withLimits = (spec: DomainSpec): DomainSpec => ({
+        ...spec,
+        disks: (spec.disks ?? []).map((d, i) => {
+          if (i !== index) return d;
+          const { limits: _old, ...rest } = d;
+          return limits ? { ...rest, limits } : rest;
+        }),
+      });
+      live.record.spec = withLimits(live.record.spec);
+      this.runningSpec = live.record.spec;
+      if (this.definition) this.ctx.saveDefinition(withLimits(this.definition));
+      return result;
+    });
+  }
+
+  /** Each disk's limits and the time its requests were held back (null when not running). */
+  async diskLimits(): Promise<{ device: string; throttledMs: number }[] | null> {
+    if (!this.live) return null;
+    return (await this.live.control.request("limits")) as { device: string; throttledMs: number }[];
+  }
+
   /** Ask the VMM for its counters (null when it is not running). */
   async stats(): Promise<unknown> {
     if (!this.live) return null;
@@ -709,9 +755,15 @@ export function runFlags(
   for (const d of s.disks) {
     flags.push(
       "--disk",
-      [d.path, ...(d.readOnly ? ["ro"] : []), ...(d.serial ? [`serial=${d.serial}`] : [])].join(
-        ",",
-      ),
+      [
+        d.path,
+        ...(d.readOnly ? ["ro"] : []),
+        ...(d.serial ? [`serial=${d.serial}`] : []),
+        ...(d.limits?.bandwidth ? [`bw=${d.limits.bandwidth}`] : []),
+        ...(d.limits?.bandwidthBurst ? [`bw_burst=${d.limits.bandwidthBurst}`] : []),
+        ...(d.limits?.ops ? [`iops=${d.limits.ops}`] : []),
+        ...(d.limits?.opsBurst ? [`iops_burst=${d.limits.opsBurst}`] : []),
+      ].join(","),
     );
   }
   for (const n of s.nets) flags.push("--net", `tap=${n.tap}${n.mac ? `,mac=${n.mac}` : ""}`);
@@ -732,6 +784,8 @@ async function waitForVcpuThreads(control: ControlClient, count: number): Promis
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+export type DiskLimits = NonNullable<NonNullable<DomainSpec["disks"]>[number]["limits"]>;
 
 export interface VcpuRow {
   vcpu: number;

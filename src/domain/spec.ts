@@ -28,6 +28,18 @@ export const DiskSpec = Type.Object(
     path: Type.String({ minLength: 1, description: "raw image file on the host" }),
     readOnly: Type.Optional(Type.Boolean()),
     serial: Type.Optional(Type.String({ maxLength: 20, description: "virtio-blk serial ID" })),
+    /** I/O limits: bytes per second (with a burst) and requests per second. */
+    limits: Type.Optional(
+      Type.Object(
+        {
+          bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
+          bandwidthBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+          ops: Type.Optional(Type.Integer({ minimum: 1, description: "requests per second" })),
+          opsBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );

@@ -20,7 +20,7 @@ const EXPECTED = [
   "console xl",
   "console lv",
   "console fc",
-  "mem-set nat: the guest's MemTotal and the VMM's resident memory go down",
+  "mem-set nat: the guest's MemTotal minus balloon, its MemFree and the VMM's resident memory go down",
   "daemon SIGKILL and restart finds every domain",
   "kill -9 of a VMM: crashed, on_crash=preserve applied",
   "reboot nat through ACPI: it comes back with a new VMM",
@@ -50,7 +50,7 @@ export const domainCases: LabCase[] = [
   },
   {
     scenario: {
-      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change), vCPU pinning, metrics",
+      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change), disk rate limit, vCPU pinning, metrics",
       script: node("tests/lab/resources_scenario.js"),
       timeoutSec: 300,
     },
@@ -59,7 +59,7 @@ export const domainCases: LabCase[] = [
       assert.deepEqual(failed, [], "steps failed");
       for (const l of r.output.split("\n").filter((x) => x.startsWith("RESOURCES ")))
         process.stderr.write(`lab: ${l}\n`);
-      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 5);
+      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 6);
       assert.match(r.output, /RESOURCES-SCENARIO-DONE failures=0/);
       assert.equal(r.exitCode, 0);
     },

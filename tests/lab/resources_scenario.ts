@@ -2,13 +2,21 @@
 // tests/lab/domain_cases.ts: under `vessel daemon`, a domain whose vCPU spins is capped at
 // 50 % of a CPU and must use about half a CPU of host time; its cgroup files show the
 // limits; pinned vCPU threads show the pinned CPUs in the kernel's own view; the cap changes
-// at runtime; /metrics reports the throttling. Steps print `CHECK <what> ok|FAILED`.
+// at runtime; /metrics reports the throttling; a disk limited to 10 MiB/s reads at that
+// rate in the guest, and faster once the limit is raised. Steps print `CHECK <what> ok|FAILED`.
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { limitsFor } from "../../src/daemon/domain.js";
 import type { DomainSpec } from "../../src/domain/spec.js";
-import { cleanUp, type DaemonUnderTest, startDaemon, waitFor } from "../daemon_harness.js";
+import { defaultImagePaths } from "../../src/image/mod.js";
+import {
+  ConsoleSession,
+  cleanUp,
+  type DaemonUnderTest,
+  startDaemon,
+  waitFor,
+} from "../daemon_harness.js";
 import { writeDomainGuest } from "../guests/domain_guest.js";
 
 let failures = 0;
@@ -96,6 +104,54 @@ try {
     if (!(vcpu > 2)) throw new Error(`vCPU time ${vcpu}`);
   });
   await d.client.destroy("capped");
+
+  await check(
+    "a disk limited to 10 MiB/s reads at about 10 MiB/s in the guest; 20 MiB/s after vessel limit",
+    async () => {
+      const image = join(d.dir, "limited.img");
+      const { writeFileSync: write, truncateSync } = await import("node:fs");
+      write(image, "");
+      truncateSync(image, 128 * 2 ** 20);
+      const img = defaultImagePaths();
+      const info = await d.client.create({
+        name: "disk",
+        memory: "256M",
+        vcpus: 1,
+        kernel: img.kernel,
+        initrd: img.initrd,
+        cmdline: "console=ttyS0 reboot=k panic=-1 quiet",
+        disks: [{ path: image, limits: { bandwidth: 10 * 2 ** 20 } }],
+      });
+      const c = await ConsoleSession.connect(info.consoleSocket ?? "");
+      await c.waitFor("vessel:/# ", 240_000);
+      const rate = async (tag: string) => {
+        // 48 MiB with direct I/O: the first MiB comes from the burst, the rest at the limit.
+        c.type(
+          `dd if=/dev/vda of=/dev/null bs=1M count=48 iflag=direct 2>&1 | sed -n 's/.* \\([0-9.]*\\) seconds.*/${tag}-\\1-S/p'\n`,
+        );
+        const secs = Number(
+          await waitFor(
+            `${tag} dd`,
+            () => new RegExp(`${tag}-([0-9.]+)-S`).exec(c.output)?.[1],
+            120_000,
+          ),
+        );
+        return 48 / secs;
+      };
+      const limited = await rate("LIM10");
+      await d.client.setDiskLimits("disk", 0, { bandwidth: 20 * 2 ** 20 });
+      const raised = await rate("LIM20");
+      c.close();
+      process.stdout.write(
+        `RESOURCES disk read at 10 MiB/s limit: ${limited.toFixed(1)} MiB/s; at 20 MiB/s: ${raised.toFixed(1)} MiB/s\n`,
+      );
+      await d.client.destroy("disk");
+      if (limited < 8 || limited > 12)
+        throw new Error(`${limited.toFixed(1)} MiB/s under a 10 MiB/s limit`);
+      if (raised < 15 || raised > 24)
+        throw new Error(`${raised.toFixed(1)} MiB/s under a 20 MiB/s limit`);
+    },
+  );
 
   await check("pinned vCPU threads: the kernel's affinity is the spec's", async () => {
     const info = await d.client.create({
