@@ -5,9 +5,10 @@
 // as crashed, reboots one domain and shuts the others down with the power button. Each step
 // prints `CHECK <what> ok` or `CHECK <what> FAILED: why`; the test on the host reads those.
 
-import { spawnSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { defaultImagePaths, INIT_READY_MARKER } from "../../src/image/mod.js";
 import {
   ConsoleSession,
@@ -19,6 +20,7 @@ import {
   waitFor,
 } from "../daemon_harness.js";
 
+const execFileAsync = promisify(execFile);
 const CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
 const img = defaultImagePaths();
 let failures = 0;
@@ -37,13 +39,14 @@ async function check(what: string, fn: () => Promise<void>): Promise<void> {
   }
 }
 
-function vessel(d: DaemonUnderTest, ...args: string[]): string {
-  const r = spawnSync(process.execPath, [VESSEL_BIN, ...args, "--connect", d.socket], {
+/** Run the `vessel` CLI against the daemon (concurrently with others: L1 is slow to start Node). */
+async function vessel(d: DaemonUnderTest, ...args: string[]): Promise<string> {
+  const r = await execFileAsync(process.execPath, [VESSEL_BIN, ...args, "--connect", d.socket], {
     encoding: "utf8",
-    timeout: 180_000,
+    timeout: 240_000,
+  }).catch((e: { code?: number; stderr?: string }) => {
+    throw new Error(`vessel ${args.join(" ")}: exit ${e.code}: ${String(e.stderr ?? e).trim()}`);
   });
-  if (r.status !== 0)
-    throw new Error(`vessel ${args.join(" ")}: exit ${r.status}: ${r.stderr.trim()}`);
   return r.stdout + r.stderr;
 }
 
@@ -128,16 +131,19 @@ const d = await startDaemon({ slowKvm: false });
 const names = ["nat", "xl", "lv", "fc"];
 try {
   const files = writeConfigs(d.dir);
-  for (const name of names) {
-    await check(`define ${name}`, async () => {
-      const file = files[name as keyof typeof files] ?? "";
-      // Firecracker's file has no name: it comes from the file name.
-      vessel(d, "define", file);
-      const info = await d.client.get(name);
-      if (info.state !== "shutoff") throw new Error(`state ${info.state}`);
-    });
-  }
-  for (const name of names) await check(`start ${name}`, async () => void vessel(d, "start", name));
+  // The four domains go through the CLI side by side (each is its own process anyway).
+  await Promise.all(
+    names.map(async (name) => {
+      await check(`define ${name}`, async () => {
+        const file = files[name as keyof typeof files] ?? "";
+        // Firecracker's file has no name: it comes from the file name.
+        await vessel(d, "define", file);
+        const info = await d.client.get(name);
+        if (info.state !== "shutoff") throw new Error(`state ${info.state}`);
+      });
+      await check(`start ${name}`, async () => void (await vessel(d, "start", name)));
+    }),
+  );
 
   // Each console: the guest's shell answers; detach, attach again, new output arrives.
   await Promise.all(
@@ -171,7 +177,7 @@ try {
         await waitFor("MemTotal before", () => /BEFORE-(\d+)-KB/.exec(c.output)?.[1], 120_000),
       );
       const rss0 = (await d.client.memory("nat")).vmmResidentBytes ?? 0;
-      vessel(d, "mem-set", "nat", "128M");
+      await vessel(d, "mem-set", "nat", "128M");
       const report = await waitFor(
         "the balloon to reach its target",
         async () => {
@@ -209,7 +215,7 @@ try {
       if (x.state !== "running" || x.pid !== before.get(x.name))
         throw new Error(`${x.name}: ${x.state}, pid ${x.pid} (was ${before.get(x.name)})`);
     }
-    const listed = vessel(d, "list");
+    const listed = await vessel(d, "list");
     for (const n of names)
       if (!new RegExp(`^${n}\\s+running`, "m").test(listed)) throw new Error(listed);
   });
@@ -222,13 +228,13 @@ try {
       return i.state === "crashed" ? i : undefined;
     });
     if (info.reason !== "killed") throw new Error(`reason ${info.reason}`);
-    vessel(d, "destroy", "xl");
+    await vessel(d, "destroy", "xl");
     if ((await d.client.get("xl")).state !== "shutoff") throw new Error("not shut off");
   });
 
   await check("reboot nat through ACPI: it comes back with a new VMM", async () => {
     const pid = (await d.client.get("nat")).pid;
-    vessel(d, "reboot", "nat");
+    await vessel(d, "reboot", "nat");
     const info = await waitFor(
       "nat to run again",
       async () => {
@@ -243,14 +249,16 @@ try {
     c.close();
   });
 
-  for (const name of ["nat", "lv", "fc"]) {
-    await check(`shutdown --wait ${name} through the power button`, async () => {
-      vessel(d, "shutdown", name, "--wait", "--timeout", "150");
-      const i = await d.client.get(name);
-      if (i.state !== "shutoff" || i.reason !== "shutdown")
-        throw new Error(`${i.state} (${i.reason})`);
-    });
-  }
+  await Promise.all(
+    ["nat", "lv", "fc"].map((name) =>
+      check(`shutdown --wait ${name} through the power button`, async () => {
+        await vessel(d, "shutdown", name, "--wait", "--timeout", "150");
+        const i = await d.client.get(name);
+        if (i.state !== "shutoff" || i.reason !== "shutdown")
+          throw new Error(`${i.state} (${i.reason})`);
+      }),
+    ),
+  );
 } finally {
   process.stdout.write(`DOMAIN-SCENARIO-DONE failures=${failures}\n`);
   if (failures) process.stdout.write(`---- daemon log ----\n${d.log().slice(-4000)}\n`);
