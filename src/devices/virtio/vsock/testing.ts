@@ -33,10 +33,20 @@ export class FakeStream implements HostStream {
   /** The host port the device announced (host-initiated streams). */
   acceptedPort: number | undefined;
 
+  /** Bytes written while held: what the host socket still owes. */
+  heldBytes = 0;
+
   write(bytes: Uint8Array, done: () => void): void {
     this.written.push(bytes.slice());
-    if (this.hold) this.#held.push(done);
-    else done();
+    if (!this.hold) {
+      done();
+      return;
+    }
+    this.heldBytes += bytes.length;
+    this.#held.push(() => {
+      this.heldBytes -= bytes.length;
+      done();
+    });
   }
   end(done: () => void): void {
     this.ended = true;
