@@ -265,11 +265,12 @@ s.on("data", (d) => {
   console.log("HOST-CLIENT-SENT " + sum(payload) + " " + payload.length);
   s.end(payload);
 });
+// EOF before an OK line is the refusal (a half-open socket may never emit close).
 s.on("end", () => {
   const all = Buffer.concat(got);
-  if (ok !== null) console.log("HOST-CLIENT-GOT " + sum(all) + " " + all.length);
+  if (ok === null) console.log("HOST-CLIENT-REFUSED port " + port);
+  else console.log("HOST-CLIENT-GOT " + sum(all) + " " + all.length);
 });
-s.on("close", () => { if (ok === null) console.log("HOST-CLIENT-REFUSED port " + port); });
 s.on("error", (e) => console.log("HOST-CLIENT-ERROR " + e.code));
 '`;
 

@@ -422,7 +422,9 @@ export function vsockCase(r: Rand): VsockCaseResult {
   for (const s of [...hostStreams, ...[...backend.outbound.values()].flat()]) {
     written += s.bytes().length;
   }
-  assert.ok(written <= guestRwBytes, "the host got bytes the guest never sent");
+  // A hostile ring's chains may hold stale packets left in RAM by earlier cases, RW bytes
+  // included, so the count only binds conversations that stayed structured.
+  assert.ok(hostile || written <= guestRwBytes, "the host got bytes the guest never sent");
   const m = dev.metrics();
   const needsReset = (transport.deviceStatus() & VIRTIO_CONFIG_S_NEEDS_RESET) !== 0;
   assert.ok(hostile || !needsReset, "a well-formed ring was declared broken");
