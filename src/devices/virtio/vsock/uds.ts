@@ -35,9 +35,29 @@ export function parseConnectLine(line: string): number | undefined {
   return n <= 0xffff_ffff ? n : undefined;
 }
 
-/** A connected socket as the device's HostStream. */
+/** A connected socket as the device's HostStream, routing its events to the device. */
 class SocketStream implements HostStream {
-  constructor(private readonly socket: Socket) {}
+  #events: HostStreamEvents | undefined;
+
+  constructor(private readonly socket: Socket) {
+    socket.on("data", (b: Buffer) => this.#events?.data(b));
+    socket.on("end", () => this.#events?.end());
+    socket.on("close", () => {
+      const events = this.#events;
+      this.#events = undefined;
+      events?.close();
+    });
+  }
+
+  attach(events: HostStreamEvents): void {
+    this.#events = events;
+  }
+
+  /** Still routing events (the device has not destroyed it, and it has not closed). */
+  get attached(): boolean {
+    return this.#events !== undefined;
+  }
+
   write(bytes: Uint8Array, done: () => void): void {
     this.socket.write(bytes, () => done());
   }
@@ -46,10 +66,7 @@ class SocketStream implements HostStream {
   }
   destroy(): void {
     // The device hears nothing more from a stream it destroyed.
-    this.socket.removeAllListeners("data");
-    this.socket.removeAllListeners("end");
-    this.socket.removeAllListeners("close");
-    this.socket.removeAllListeners("connect");
+    this.#events = undefined;
     this.socket.destroy();
   }
   pause(): void {
@@ -68,13 +85,6 @@ const DEAD_STREAM: HostStream = {
   pause: () => {},
   resume: () => {},
 };
-
-/** Route a socket's events to the device. */
-function wire(socket: Socket, events: HostStreamEvents): void {
-  socket.on("data", (b: Buffer) => events.data(b));
-  socket.on("end", () => events.end());
-  socket.on("close", () => events.close());
-}
 
 export interface UnixSocketBackendOptions {
   maxPending?: number;
@@ -108,6 +118,11 @@ export class UnixSocketBackend implements VsockBackend {
     return b;
   }
 
+  /** Host sockets open (accepted or connected), for diagnostics and tests. */
+  get openSockets(): number {
+    return this.#sockets.size;
+  }
+
   setAcceptor(accept: HostAcceptor): void {
     this.#accept = accept;
   }
@@ -121,9 +136,12 @@ export class UnixSocketBackend implements VsockBackend {
     }
     const socket = createConnection({ path, allowHalfOpen: true });
     this.#track(socket);
-    socket.once("connect", () => events.connected());
-    wire(socket, events);
-    return new SocketStream(socket);
+    const stream = new SocketStream(socket);
+    stream.attach(events);
+    socket.once("connect", () => {
+      if (stream.attached) events.connected();
+    });
+    return stream;
   }
 
   async close(): Promise<void> {
@@ -191,7 +209,7 @@ export class UnixSocketBackend implements VsockBackend {
       socket.destroy();
       return;
     }
-    wire(socket, events);
+    stream.attach(events);
     if (rest.length > 0) events.data(rest);
   }
 }

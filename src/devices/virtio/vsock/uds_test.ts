@@ -162,6 +162,8 @@ describe("virtio-vsock over Unix sockets", () => {
       packets.some((p) => p.hdr.op === VIRTIO_VSOCK_OP_RST && p.hdr.dstPort === 778),
     );
     assert.equal(dev.metrics().connectionsRefused, 1);
+    const backend = dev.backend as UnixSocketBackend;
+    await until("every host socket forgotten", () => backend.openSockets === 0);
     await new Promise<void>((r) => server.close(() => r()));
     await dev.close();
   });
@@ -187,6 +189,8 @@ describe("virtio-vsock over Unix sockets", () => {
     s.destroy();
     assert.equal(c.bytes().length, 0, "no OK for a refused connection");
     assert.equal(dev.connections, 0);
+    const backend = dev.backend as UnixSocketBackend;
+    await until("every host socket forgotten", () => backend.openSockets === 0);
     await dev.close();
   });
 
