@@ -1,5 +1,6 @@
-// Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]` (repeatable) and `--rng`.
-// Each value is checked here and turned into a device model; a mistake names the flag.
+// Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]` and `--net tap=NAME[,mac=MAC]`
+// (repeatable), `--vsock cid=N,uds=PATH`, `--rng`, `--balloon` and the virtio console. Each
+// value is checked here and turned into a device model; a mistake names the flag.
 
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioBlock } from "../devices/virtio/block/mod.js";
@@ -7,7 +8,9 @@ import { VirtioConsole } from "../devices/virtio/console/mod.js";
 import { VirtioNet } from "../devices/virtio/net/mod.js";
 import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import { VirtioRng } from "../devices/virtio/rng/mod.js";
+import { VirtioVsock, validGuestCid } from "../devices/virtio/vsock/mod.js";
 import type { FdWatcher } from "../host/mod.js";
+import { MAX_UNIX_PATH, unixPathFits } from "../host/unix_socket.js";
 import type { VirtioDevice } from "../virtio/device.js";
 import { UsageError } from "./args.js";
 
@@ -88,11 +91,46 @@ export function parseNet(text: string): NetSpec {
   return { tap, ...(mac !== undefined ? { mac } : {}) };
 }
 
+export interface VsockSpec {
+  cid: number;
+  uds: string;
+}
+
+/** Parse the --vsock value: cid=N,uds=PATH (Firecracker's guest_cid and uds_path). */
+export function parseVsock(text: string): VsockSpec {
+  let cid: number | undefined;
+  let uds: string | undefined;
+  for (const opt of text.split(",")) {
+    const eq = opt.indexOf("=");
+    const key = eq < 0 ? opt : opt.slice(0, eq);
+    const value = eq < 0 ? "" : opt.slice(eq + 1);
+    if (key === "cid" && /^\d+$/.test(value)) {
+      cid = Number(value);
+      if (!validGuestCid(cid)) {
+        throw new UsageError(`--vsock ${text}: cid ${value} is not in 3..4294967294`);
+      }
+    } else if (key === "uds" && value !== "") {
+      if (!unixPathFits(value)) {
+        throw new UsageError(`--vsock ${text}: uds is longer than ${MAX_UNIX_PATH} bytes`);
+      }
+      uds = value;
+    } else {
+      throw new UsageError(`--vsock ${text}: unknown option "${opt}" (known: cid=N, uds=PATH)`);
+    }
+  }
+  if (cid === undefined || uds === undefined) {
+    throw new UsageError(`--vsock ${text}: cid=N and uds=PATH are both required`);
+  }
+  return { cid, uds };
+}
+
 export interface DeviceFlags {
   disks: readonly string[];
   nets: readonly string[];
   rng: boolean;
   balloon: boolean;
+  /** The --vsock value, if given (at most one: Linux drives one vsock device). */
+  vsock?: string;
   /** Output sink of a virtio-console (hvc0), when the console is virtio. */
   virtioConsoleOut?: (bytes: Uint8Array) => void;
 }
@@ -135,6 +173,17 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
         throw new UsageError(`--net ${text}: ${e instanceof Error ? e.message : String(e)}`);
       }
     });
+    if (flags.vsock !== undefined) {
+      const text = flags.vsock;
+      const spec = parseVsock(text);
+      try {
+        const vsock = await VirtioVsock.open({ ...spec, name: "virtio-vsock0" });
+        opened.push(vsock);
+        devices.push(vsock);
+      } catch (e) {
+        throw new UsageError(`--vsock ${text}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
   } catch (e) {
     await closeDevices(opened);
     throw e;
@@ -148,7 +197,7 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
 
 export async function closeDevices(devices: readonly VirtioDevice[]): Promise<void> {
   for (const d of devices) {
-    if (d instanceof VirtioBlock) await d.close();
+    if (d instanceof VirtioBlock || d instanceof VirtioVsock) await d.close();
     else if (d instanceof VirtioNet) d.close();
   }
 }

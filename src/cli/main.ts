@@ -48,6 +48,12 @@ program
     collect,
     [],
   )
+  .option(
+    "--vsock <cid=N,uds=PATH>",
+    "a virtio-vsock device; host programs reach the guest through the Unix socket PATH",
+    collect,
+    [],
+  )
   .option("--rng", "a virtio-rng device fed from the host's getrandom")
   .option("--balloon", "a virtio-balloon device (target set on the control socket)")
   .option("--console <serial|virtio>", "which device is the terminal: COM1 or hvc0", "serial")

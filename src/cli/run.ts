@@ -22,7 +22,7 @@ import { ConsoleServer } from "../vmm/console_server.js";
 import { type ControlHandler, ControlServer } from "../vmm/control.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
-import { closeDevices, openDevices, parseDisk, parseNet } from "./devices.js";
+import { closeDevices, openDevices, parseDisk, parseNet, parseVsock } from "./devices.js";
 
 export interface RunFlags {
   kernel: string;
@@ -38,6 +38,8 @@ export interface RunFlags {
   net?: string[];
   rng?: boolean;
   balloon?: boolean;
+  /** --vsock values (commander collects repeats so that a second one can be refused). */
+  vsock?: string[];
   /** "serial" (default): the terminal is COM1. "virtio": the terminal is hvc0. */
   console?: string;
   controlSocket?: string;
@@ -107,6 +109,11 @@ export function validateRunFlags(flags: RunFlags) {
   }
   for (const d of flags.disk ?? []) parseDisk(d);
   for (const n of flags.net ?? []) parseNet(n);
+  const vsocks = flags.vsock ?? [];
+  if (vsocks.length > 1) {
+    throw new UsageError("--vsock: at most one vsock device (the guest's driver takes one)");
+  }
+  for (const v of vsocks) parseVsock(v);
   const consoleKind = flags.console ?? "serial";
   if (consoleKind !== "serial" && consoleKind !== "virtio") {
     throw new UsageError(`--console: "${consoleKind}" is not serial or virtio`);
@@ -196,6 +203,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
         nets: flags.net ?? [],
         rng: flags.rng === true,
         balloon: flags.balloon === true,
+        ...(flags.vsock?.[0] !== undefined ? { vsock: flags.vsock[0] } : {}),
         ...(flags.console === "virtio" ? { virtioConsoleOut: toTerminal } : {}),
       },
       watcher,

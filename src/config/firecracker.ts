@@ -279,7 +279,12 @@ function devices(c: Conversion, root: Obj, spec: Record<string, unknown>): void 
     vsock.warnUnread(() => "not a Firecracker vsock key; ignored");
     spec.vsock = { cid, uds: c.path(uds) };
     c.origin("vsock", "vsock");
-    warnNotEnforced(c, "vsock", "the vsock device (Vessel has no virtio-vsock yet)");
+    // Host programs reach the guest through the socket as with Firecracker; a jailed VMM
+    // cannot reach <uds>_<port> sockets outside its jail (guest-initiated connections).
+    c.warn(
+      "vsock",
+      "guest-to-host connections need the daemon's --no-jail (the jail hides <uds>_<port>)",
+    );
   }
 
   const balloon = root.object("balloon");

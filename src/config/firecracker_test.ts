@@ -125,7 +125,7 @@ test("vsock, balloon and entropy, with what Vessel does not honour named", () =>
   assert.equal(spec.balloon, true);
   assert.equal(spec.rng, true);
   for (const pattern of [
-    /^firecracker: vsock: the vsock device .* not enforced by Vessel yet$/,
+    /^firecracker: vsock: guest-to-host connections need the daemon's --no-jail/,
     /^firecracker: vsock\.vsock_id: deprecated/,
     /^firecracker: balloon\.amount_mib: an initial target of 64 MiB is not applied/,
     /^firecracker: balloon\.deflate_on_oom: /,

@@ -767,6 +767,7 @@ export function runFlags(
     );
   }
   for (const n of s.nets) flags.push("--net", `tap=${n.tap}${n.mac ? `,mac=${n.mac}` : ""}`);
+  if (s.vsock) flags.push("--vsock", `cid=${s.vsock.cid},uds=${s.vsock.uds}`);
   if (s.rng) flags.push("--rng");
   if (s.balloon) flags.push("--balloon");
   if (slowKvm) flags.push("--slow-kvm");

@@ -4,8 +4,8 @@
 // the VMM's user) are the access control. Requests are untrusted input: size-bounded,
 // parsed defensively, and answered with {"ok":false,"error":...} when wrong.
 
-import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { closeUnix, listenUnix } from "../host/unix_socket.js";
 
 export type ControlHandler = (args: Record<string, unknown>) => unknown | Promise<unknown>;
 
@@ -27,18 +27,8 @@ export class ControlServer {
     path: string,
     handlers: Readonly<Record<string, ControlHandler>>,
   ): Promise<ControlServer> {
-    if (existsSync(path)) {
-      if (!lstatSync(path).isSocket())
-        throw new Error(`--control-socket: ${path} exists and is not a socket`);
-      unlinkSync(path);
-    }
     const c = new ControlServer(path, handlers);
-    await new Promise<void>((resolve, reject) => {
-      c.server.once("error", reject);
-      c.server.listen(path, () => resolve());
-    });
-    chmodSync(path, 0o600);
-    c.server.unref();
+    await listenUnix(c.server, path);
     return c;
   }
 
@@ -88,12 +78,7 @@ export class ControlServer {
 
   async close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
-    await new Promise<void>((r) => this.server.close(() => r()));
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
+    await closeUnix(this.server, this.path);
   }
 }
 

@@ -13,7 +13,7 @@ import {
 } from "../../src/lab/mod.js";
 import { labCases as coreCases } from "./cases.js";
 import { domainCases } from "./domain_cases.js";
-import { balloonCases, consoleCases, netCases, virtioCases } from "./virtio_cases.js";
+import { balloonCases, consoleCases, netCases, virtioCases, vsockCases } from "./virtio_cases.js";
 
 const allCases = [
   ...coreCases,
@@ -21,6 +21,7 @@ const allCases = [
   ...consoleCases,
   ...netCases,
   ...balloonCases,
+  ...vsockCases,
   ...domainCases,
 ];
 // VESSEL_LAB_ONLY=REGEX runs only the cases whose names match: a developer's shortcut while
