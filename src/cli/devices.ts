@@ -43,7 +43,8 @@ export function parseDisk(text: string): DiskSpec {
     else if (/^(bw|iops|bw_burst|iops_burst)=/.test(opt)) {
       const [key = "", value = ""] = opt.split("=", 2);
       const n = parseRate(`--disk ${text}`, key, value);
-      const limits = (spec.limits ??= {});
+      if (!spec.limits) spec.limits = {};
+      const limits = spec.limits;
       if (key === "bw") limits.bandwidth = { ...limits.bandwidth, rate: n };
       if (key === "iops") limits.ops = { ...limits.ops, rate: n };
       if (key === "bw_burst") limits.bandwidth = { rate: limits.bandwidth?.rate ?? 0, burst: n };
