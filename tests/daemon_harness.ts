@@ -71,6 +71,16 @@ export interface DaemonUnderTest {
   ): Promise<{ status: number; json: unknown }>;
 }
 
+/** For a failed lab scenario: the daemon's log and the end of every domain's VMM log. */
+export function failureReport(d: DaemonUnderTest, earlierDaemonLogs = ""): string {
+  let out = `---- daemon log ----\n${(earlierDaemonLogs + d.log()).slice(-4000)}\n`;
+  const logs = join(d.stateDir, "logs");
+  for (const file of existsSync(logs) ? readdirSync(logs).sort() : []) {
+    out += `---- VMM log ${file} ----\n${readFileSync(join(logs, file), "utf8").slice(-3000)}\n`;
+  }
+  return out;
+}
+
 /** Start `vessel daemon` (again, when `dir` is given) and wait until it answers. */
 export async function startDaemon(
   opts: { dir?: string; args?: string[]; slowKvm?: boolean; env?: Record<string, string> } = {},

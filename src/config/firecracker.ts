@@ -12,7 +12,6 @@ import {
   type ImportOptions,
   type ImportResult,
   macAddress,
-  warnNotEnforced,
 } from "./common.js";
 
 /** Firecracker's DEFAULT_KERNEL_CMDLINE (src/vmm/src/vmm_config/boot_source.rs). */

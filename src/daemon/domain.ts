@@ -18,9 +18,12 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
+  writeSync,
 } from "node:fs";
+import { dirname } from "node:path";
 import type { DomainEvent, DomainInfo, DomainState } from "../api/schemas.js";
 import { type DomainSpec, expandCpuList, sizeBytes, withDefaults } from "../domain/spec.js";
 import { libc } from "../host/mod.js";
@@ -28,7 +31,7 @@ import { writeFileAtomic } from "../vmm/atomic_file.js";
 import { ControlClient } from "../vmm/control.js";
 import { type CgroupLimits, type CgroupSupport, DomainCgroup, memoryMaxFor } from "./cgroup.js";
 import { DomainError } from "./errors.js";
-import { type DaemonPaths, domainRunFiles } from "./paths.js";
+import { type DaemonPaths, domainLogPath, domainRunFiles } from "./paths.js";
 
 export interface DomainContext {
   paths: DaemonPaths;
@@ -67,6 +70,8 @@ interface Live {
   control: ControlClient;
   /** The VMM's own host pid: record.pid is the jail's launcher when it is jailed. */
   vmmPid: number;
+  /** Settles when our child has exited and its status is known (absent when adopted). */
+  exited?: Promise<unknown>;
 }
 
 const START_TIMEOUT_MS = 60_000;
@@ -194,7 +199,8 @@ export class Domain {
       chownSync(files.outDir, jailUid, jailUid);
     }
     const cgroup = this.prepareCgroup(spec);
-    const logFd = openSync(files.log, "a", 0o600);
+    const log = openDomainLog(this.ctx.paths, this.name);
+    const logFd = log.fd;
     const argv = [
       this.ctx.vesselCommand[0] ?? process.execPath,
       ...this.ctx.vesselCommand.slice(1),
@@ -282,14 +288,14 @@ export class Domain {
     }
     if (!control) {
       await exited;
-      const why = lastLine(files.log) ?? "it exited before it was ready";
+      const why = lastLine(log.path) ?? "it exited before it was ready";
       rmSync(files.dir, { recursive: true, force: true });
       cgroup?.remove();
       this.setState("shutoff", "failed");
       throw new DomainError("START_FAILED", `domain ${this.name} failed to start: ${why}`);
     }
     this.runningSpec = spec;
-    this.attach({ record, control, vmmPid });
+    this.attach({ record, control, vmmPid, exited });
     this.memoryTarget = undefined;
     // Booted with maxMemory: the balloon holds back what is above memory from the start.
     const held = bootMemory(spec) - sizeBytes("memory", spec.memory);
@@ -442,9 +448,15 @@ export class Domain {
     if (this.live !== live) return;
     this.live = undefined;
     // The socket closes just before the process exits; give it a moment to be gone so a
-    // restart does not race the old process for the socket paths.
-    for (let i = 0; i < 100 && pidStartTime(live.record.pid) === live.record.pidStartTime; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    // restart does not race the old process for the socket paths. Our own child is waited
+    // for through its exit event: that is what carries the signal that says why it died
+    // (its /proc entry goes a moment before the event arrives).
+    if (live.exited) {
+      await Promise.race([live.exited, new Promise((r) => setTimeout(r, 2000))]);
+    } else {
+      for (let i = 0; i < 100 && pidStartTime(live.record.pid) === live.record.pidStartTime; i++)
+        await new Promise((r) => setTimeout(r, 20));
+    }
     await this.ended(live.record, domainRunFiles(this.ctx.paths, this.name));
   }
 
@@ -487,6 +499,14 @@ export class Domain {
       action = spec.onCrash;
     }
     this.wakeStopWaiters();
+    const exit = this.lastExit;
+    const how = exit ? ` (exit ${exit.signal ?? exit.code})` : "";
+    const last =
+      crashReason !== undefined ? lastLine(domainLogPath(this.ctx.paths, this.name)) : "";
+    this.ctx.log(
+      `domain ${this.name}: VMM ${record.pid} ended${how}: ${this.state} (${this.reason}), on it: ${action}` +
+        (last ? `; its log ends: ${last}` : ""),
+    );
 
     if (action === "restart" && !this.restartLoop()) {
       try {
@@ -905,11 +925,31 @@ function readOutcome(path: string): { kind: string } | undefined {
   }
 }
 
+/** A log over this size is moved to NAME.log.1 when the domain next starts (one old run kept). */
+const LOG_ROTATE_BYTES = 1 << 20;
+const RUN_HEADER = "---- ";
+
+/** The domain's log, opened for appending, with a line marking this run's start. */
+function openDomainLog(paths: DaemonPaths, name: string): { fd: number; path: string } {
+  const path = domainLogPath(paths, name);
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  try {
+    if (statSync(path).size > LOG_ROTATE_BYTES) renameSync(path, `${path}.1`);
+  } catch {
+    // no log yet
+  }
+  const fd = openSync(path, "a", 0o600);
+  writeSync(fd, `${RUN_HEADER}${new Date().toISOString()} starting ${name} ----\n`);
+  return { fd, path };
+}
+
+/** The last line the VMM wrote in its current run (its one-line error when it failed). */
 function lastLine(path: string): string | undefined {
   try {
-    if (statSync(path).size === 0) return undefined;
     const lines = readFileSync(path, "utf8").trim().split("\n");
-    return lines[lines.length - 1]?.replace(/^vessel: /, "");
+    const last = lines[lines.length - 1];
+    if (last === undefined || last === "" || last.startsWith(RUN_HEADER)) return undefined;
+    return last.replace(/^vessel: /, "");
   } catch {
     return undefined;
   }

@@ -47,6 +47,13 @@ export function domainRunFiles(paths: DaemonPaths, name: string) {
     outcome: join(dir, "out", "outcome.json"),
     /** What the daemon started: pid, spec, transient flag (for finding it after a restart). */
     record: join(dir, "vmm.json"),
-    log: join(dir, "vmm.log"),
   };
+}
+
+/**
+ * A domain's VMM log (its stdout and stderr), kept after it stops as libvirt keeps
+ * /var/log/libvirt/qemu/NAME.log: why a guest died is read after it is gone.
+ */
+export function domainLogPath(paths: DaemonPaths, name: string): string {
+  return join(paths.stateDir, "logs", `${name}.log`);
 }

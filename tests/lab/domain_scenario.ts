@@ -14,6 +14,7 @@ import {
   ConsoleSession,
   cleanUp,
   type DaemonUnderTest,
+  failureReport,
   startDaemon,
   stopDaemon,
   VESSEL_BIN,
@@ -129,6 +130,7 @@ on_crash = "preserve"
 
 const d = await startDaemon({ slowKvm: false });
 const names = ["nat", "xl", "lv", "fc"];
+let earlierDaemonLogs = "";
 try {
   const files = writeConfigs(d.dir);
   // The four domains go through the CLI side by side (each is its own process anyway).
@@ -209,6 +211,7 @@ try {
   await check("daemon SIGKILL and restart finds every domain", async () => {
     const before = new Map((await d.client.list()).map((x) => [x.name, x.pid]));
     await stopDaemon(d, "SIGKILL");
+    earlierDaemonLogs += d.log();
     const again = await startDaemon({ dir: d.dir, slowKvm: false });
     Object.assign(d, again);
     for (const x of await d.client.list()) {
@@ -261,7 +264,7 @@ try {
   );
 } finally {
   process.stdout.write(`DOMAIN-SCENARIO-DONE failures=${failures}\n`);
-  if (failures) process.stdout.write(`---- daemon log ----\n${d.log().slice(-4000)}\n`);
+  if (failures) process.stdout.write(failureReport(d, earlierDaemonLogs));
   await cleanUp(d);
 }
 process.exitCode = failures === 0 ? 0 : 1;

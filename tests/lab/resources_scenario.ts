@@ -14,6 +14,7 @@ import {
   ConsoleSession,
   cleanUp,
   type DaemonUnderTest,
+  failureReport,
   startDaemon,
   waitFor,
 } from "../daemon_harness.js";
@@ -186,7 +187,7 @@ try {
   });
 } finally {
   process.stdout.write(`RESOURCES-SCENARIO-DONE failures=${failures}\n`);
-  if (failures) process.stdout.write(`---- daemon log ----\n${d.log().slice(-3000)}\n`);
+  if (failures) process.stdout.write(failureReport(d));
   await cleanUp(d);
 }
 process.exitCode = failures === 0 ? 0 : 1;
