@@ -214,6 +214,35 @@ test("a guest spinning with interrupts off is stopped promptly by a kick", async
   assert.ok(elapsed < 5000, `stopping took ${elapsed} ms`);
 });
 
+test("pause parks every vCPU (no exits while paused) and resume lets them run again", async () => {
+  const counts: number[] = [];
+  const io = (vm: Vm) => vm.stats().exits.io ?? 0;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const r = await runGuest("1: out %al, $0x80\n jmp 1b\n", {
+    cpus: 2,
+    during: (vm) => {
+      void (async () => {
+        // Until the guest has run at all (a loaded host may take a while to schedule it).
+        for (let i = 0; i < 500 && io(vm) === 0; i++) await sleep(20);
+        await vm.pause();
+        assert.equal(vm.paused, true);
+        counts.push(io(vm));
+        await sleep(300);
+        counts.push(io(vm));
+        vm.resume();
+        await sleep(300);
+        counts.push(io(vm));
+        vm.end({ kind: "stopped", reason: "test" });
+      })().catch((e) => vm.end({ kind: "stopped", reason: String(e) }));
+    },
+  });
+  assert.deepEqual(r.outcome, { kind: "stopped", reason: "test" });
+  const [paused, stillPaused, resumed] = counts as [number, number, number];
+  assert.ok(paused > 0, "the guest ran before the pause");
+  assert.equal(stillPaused, paused, "no exits while paused");
+  assert.ok(resumed > stillPaused, "exits again after resume");
+});
+
 test("a triple fault ends the run with its own outcome", async () => {
   const r = await runGuest(`
     lidt zero_idt

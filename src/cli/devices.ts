@@ -1,13 +1,17 @@
-// Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]`, `--net tap=NAME[,mac=MAC]
-// [,vhost=on|off]` (both repeatable), `--rng`, `--balloon` and the virtio console.
-// Each value is checked here and turned into a device model; a mistake names the flag.
+// Device flags of `vessel run`: `--disk PATH[,ro][,serial=S]` and `--net tap=NAME[,mac=MAC]
+// [,vhost=on|off]` (repeatable), `--vsock cid=N,uds=PATH`, `--rng`, `--balloon` and the
+// virtio console. Each value is checked here and turned into a device model; a mistake names
+// the flag.
 
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
 import { VirtioNet } from "../devices/virtio/net/mod.js";
+import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import { VirtioRng } from "../devices/virtio/rng/mod.js";
+import { VirtioVsock, validGuestCid } from "../devices/virtio/vsock/mod.js";
 import { type FdWatcher, HostError, VHOST_NET_PATH, VhostNet } from "../host/mod.js";
+import { MAX_UNIX_PATH, unixPathFits } from "../host/unix_socket.js";
 import type { VirtioDevice } from "../virtio/device.js";
 import { UsageError } from "./args.js";
 
@@ -15,6 +19,17 @@ export interface DiskSpec {
   path: string;
   readOnly: boolean;
   serial?: string;
+  limits?: LimitConfig;
+}
+
+/** A rate: bytes per second with K/M/G suffixes (1024-based), or a plain count. */
+function parseRate(flag: string, key: string, value: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/i.exec(value);
+  const scale: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
+  const n = m ? Number(m[1]) * (scale[(m[2] ?? "").toLowerCase()] ?? 1) : Number.NaN;
+  if (!(n > 0) || !Number.isFinite(n))
+    throw new UsageError(`${flag}: ${key}=${value} is not a positive rate (e.g. 10M)`);
+  return n;
 }
 
 /** Parse one --disk value. */
@@ -26,7 +41,25 @@ export function parseDisk(text: string): DiskSpec {
     if (opt === "ro") spec.readOnly = true;
     else if (opt === "rw") spec.readOnly = false;
     else if (opt.startsWith("serial=")) spec.serial = opt.slice("serial=".length);
-    else throw new UsageError(`--disk ${text}: unknown option "${opt}" (known: ro, rw, serial=S)`);
+    else if (/^(bw|iops|bw_burst|iops_burst)=/.test(opt)) {
+      const [key = "", value = ""] = opt.split("=", 2);
+      const n = parseRate(`--disk ${text}`, key, value);
+      if (!spec.limits) spec.limits = {};
+      const limits = spec.limits;
+      if (key === "bw") limits.bandwidth = { ...limits.bandwidth, rate: n };
+      if (key === "iops") limits.ops = { ...limits.ops, rate: n };
+      if (key === "bw_burst") limits.bandwidth = { rate: limits.bandwidth?.rate ?? 0, burst: n };
+      if (key === "iops_burst") limits.ops = { rate: limits.ops?.rate ?? 0, burst: n };
+    } else
+      throw new UsageError(
+        `--disk ${text}: unknown option "${opt}" (known: ro, rw, serial=S, bw=RATE, iops=N, bw_burst=, iops_burst=)`,
+      );
+  }
+  for (const [key, b] of [
+    ["bw", spec.limits?.bandwidth],
+    ["iops", spec.limits?.ops],
+  ] as const) {
+    if (b && !(b.rate > 0)) throw new UsageError(`--disk ${text}: a burst needs ${key}= as well`);
   }
   return spec;
 }
@@ -59,11 +92,46 @@ export function parseNet(text: string): NetSpec {
   return { tap, vhost, ...(mac !== undefined ? { mac } : {}) };
 }
 
+export interface VsockSpec {
+  cid: number;
+  uds: string;
+}
+
+/** Parse the --vsock value: cid=N,uds=PATH (Firecracker's guest_cid and uds_path). */
+export function parseVsock(text: string): VsockSpec {
+  let cid: number | undefined;
+  let uds: string | undefined;
+  for (const opt of text.split(",")) {
+    const eq = opt.indexOf("=");
+    const key = eq < 0 ? opt : opt.slice(0, eq);
+    const value = eq < 0 ? "" : opt.slice(eq + 1);
+    if (key === "cid" && /^\d+$/.test(value)) {
+      cid = Number(value);
+      if (!validGuestCid(cid)) {
+        throw new UsageError(`--vsock ${text}: cid ${value} is not in 3..4294967294`);
+      }
+    } else if (key === "uds" && value !== "") {
+      if (!unixPathFits(value)) {
+        throw new UsageError(`--vsock ${text}: uds is longer than ${MAX_UNIX_PATH} bytes`);
+      }
+      uds = value;
+    } else {
+      throw new UsageError(`--vsock ${text}: unknown option "${opt}" (known: cid=N, uds=PATH)`);
+    }
+  }
+  if (cid === undefined || uds === undefined) {
+    throw new UsageError(`--vsock ${text}: cid=N and uds=PATH are both required`);
+  }
+  return { cid, uds };
+}
+
 export interface DeviceFlags {
   disks: readonly string[];
   nets: readonly string[];
   rng: boolean;
   balloon: boolean;
+  /** The --vsock value, if given (at most one: Linux drives one vsock device). */
+  vsock?: string;
   /** Output sink of a virtio-console (hvc0), when the console is virtio. */
   virtioConsoleOut?: (bytes: Uint8Array) => void;
   /** Where vhost=on opens vhost-net; default /dev/vhost-net (tests point elsewhere). */
@@ -84,6 +152,7 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
           readOnly: spec.readOnly,
           name: `virtio-blk${i}`,
           ...(spec.serial !== undefined ? { serial: spec.serial } : {}),
+          ...(spec.limits ? { limits: spec.limits } : {}),
         });
         opened.push(disk);
         devices.push(disk);
@@ -113,6 +182,17 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
         throw new UsageError(`--net ${text}: ${e instanceof Error ? e.message : String(e)}`);
       }
     });
+    if (flags.vsock !== undefined) {
+      const text = flags.vsock;
+      const spec = parseVsock(text);
+      try {
+        const vsock = await VirtioVsock.open({ ...spec, name: "virtio-vsock0" });
+        opened.push(vsock);
+        devices.push(vsock);
+      } catch (e) {
+        throw new UsageError(`--vsock ${text}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
   } catch (e) {
     await closeDevices(opened);
     throw e;
@@ -137,7 +217,7 @@ function openVhostNet(path: string): VhostNet {
 
 export async function closeDevices(devices: readonly VirtioDevice[]): Promise<void> {
   for (const d of devices) {
-    if (d instanceof VirtioBlock) await d.close();
+    if (d instanceof VirtioBlock || d instanceof VirtioVsock) await d.close();
     else if (d instanceof VirtioNet) d.close();
   }
 }

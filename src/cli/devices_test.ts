@@ -1,9 +1,11 @@
-// Tests for device flag parsing.
+// Tests for device flag parsing and opening.
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { FdWatcher } from "../host/mod.js";
-import { openDevices, parseDisk, parseNet } from "./devices.js";
+import { closeDevices, openDevices, parseDisk, parseNet, parseVsock } from "./devices.js";
 
 test("--disk takes a path with ro and serial options", () => {
   assert.deepEqual(parseDisk("/a.img"), { path: "/a.img", readOnly: false });
@@ -56,4 +58,51 @@ test("vhost=on without vhost-net is one line naming the flag, before any TAP is 
   });
   assert.equal(existsSync("/sys/class/net/vtst9"), false);
   w.close();
+});
+
+test("--vsock takes cid=N,uds=PATH; each mistake is one line naming the flag", () => {
+  assert.deepEqual(parseVsock("cid=3,uds=/tmp/v.sock"), { cid: 3, uds: "/tmp/v.sock" });
+  assert.deepEqual(parseVsock("uds=/tmp/v.sock,cid=4294967294"), {
+    cid: 4294967294,
+    uds: "/tmp/v.sock",
+  });
+  for (const [text, message] of [
+    ["cid=2,uds=/tmp/v", /--vsock cid=2,uds=\/tmp\/v: cid 2 is not in 3..4294967294/],
+    ["cid=4294967295,uds=/tmp/v", /cid 4294967295 is not in/],
+    ["cid=-3,uds=/tmp/v", /unknown option "cid=-3"/],
+    ["cid=3", /cid=N and uds=PATH are both required/],
+    ["uds=/tmp/v", /both required/],
+    ["cid=3,uds=", /unknown option "uds="/],
+    ["cid=3,uds=/tmp/v,port=5", /unknown option "port=5"/],
+    [`cid=3,uds=/tmp/${"x".repeat(120)}`, /uds is longer than 107 bytes/],
+  ] as const) {
+    assert.throws(() => parseVsock(text), message);
+  }
+});
+
+test("a vsock device listens at its path until closed", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "vessel-cli-vsock-"));
+  const uds = join(dir, "v.sock");
+  const w = new FdWatcher();
+  try {
+    const devices = await openDevices(
+      { disks: [], nets: [], rng: false, balloon: false, vsock: `cid=5,uds=${uds}` },
+      w,
+    );
+    assert.equal(devices.length, 1);
+    assert.ok(lstatSync(uds).isSocket());
+    await closeDevices(devices);
+    assert.equal(existsSync(uds), false, "the socket file is removed");
+    writeFileSync(uds, "not a socket");
+    await assert.rejects(
+      openDevices(
+        { disks: [], nets: [], rng: false, balloon: false, vsock: `cid=5,uds=${uds}` },
+        w,
+      ),
+      /--vsock cid=5,uds=.*: Cannot listen at .*: it exists and is not a socket/,
+    );
+  } finally {
+    w.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

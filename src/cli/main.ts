@@ -9,6 +9,8 @@ import { UsageError } from "./args.js";
 // the lab harness or the progress bar in its resident memory.
 const runModule = () => import("./run.js");
 const imageLabModule = () => import("./image_lab.js");
+const domainsModule = () => import("./domains.js");
+const configModule = () => import("./config.js");
 
 const program = new Command();
 program
@@ -46,6 +48,12 @@ program
     collect,
     [],
   )
+  .option(
+    "--vsock <cid=N,uds=PATH>",
+    "a virtio-vsock device; host programs reach the guest through the Unix socket PATH",
+    collect,
+    [],
+  )
   .option("--rng", "a virtio-rng device fed from the host's getrandom")
   .option("--balloon", "a virtio-balloon device (target set on the control socket)")
   .option("--console <serial|virtio>", "which device is the terminal: COM1 or hvc0", "serial")
@@ -53,7 +61,16 @@ program
     "--control-socket <path>",
     "a Unix socket taking JSON-line requests (power-button, stop, stats, balloon)",
   )
+  .option("--console-socket <path>", "serve the console on this Unix socket, not the terminal")
+  .option("--outcome-file <path>", "write how the VM ended here as JSON (for a supervisor)")
+  .option("--name <name>", "domain name, shown as the process title")
   .option("--slow-kvm", "boot even on a /dev/kvm that interprets guest code (it will be very slow)")
+  .option(
+    "--jail",
+    "run confined: own mount and PID namespaces, a minimal root, an unprivileged user, seccomp",
+  )
+  .option("--jail-uid <n>", "with --jail: the VMM's uid (default 900000)")
+  .option("--jail-gid <n>", "with --jail: the VMM's gid (default 900000)")
   .action(async (opts) => {
     exitCode = await (await runModule()).runCommand(opts);
   });
@@ -66,6 +83,18 @@ image
   .option("--json", "print the result as JSON")
   .action(async (opts) => {
     exitCode = await (await imageLabModule()).imageBuildCommand(opts);
+  });
+
+const config = program.command("config").description("domain configurations");
+config
+  .command("convert")
+  .description("print a native domain spec converted from xl.cfg, libvirt XML or Firecracker JSON")
+  .argument("<file>", "the configuration file")
+  .option("--from <format>", "its format: native, xl, libvirt or firecracker (default: detected)")
+  .option("--name <name>", "the domain name (Firecracker configs have none; overrides the others)")
+  .option("--json", "print JSON instead of YAML")
+  .action(async (file: string, opts) => {
+    exitCode = await (await configModule()).configConvertCommand(file, opts);
   });
 
 program
@@ -93,6 +122,146 @@ program
     );
   });
 
+program
+  .command("daemon")
+  .description("the control plane: serve the API and supervise every domain's VMM process")
+  .option("--state-dir <dir>", "definitions (default $XDG_STATE_HOME/vessel or /var/lib/vessel)")
+  .option(
+    "--runtime-dir <dir>",
+    "sockets and run files (default $XDG_RUNTIME_DIR/vessel or /run/vessel)",
+  )
+  .option("--socket <path>", "API socket (default <runtime-dir>/api.sock)")
+  .option("--listen <host:port>", "also serve the API on TCP (needs --token-file)")
+  .option("--token-file <file>", "bearer tokens accepted on TCP, one per line")
+  .option("--slow-kvm", "let VMMs boot on a /dev/kvm that interprets guest code (test hosts)")
+  .option("--no-jail", "run VMMs without the jail (namespaces, own uid, seccomp)")
+  .option("--no-limits", "run domains without cgroups (no CPU or memory limits)")
+  .action(async (opts) => {
+    exitCode = await (await import("./daemon_cmd.js")).daemonCommand(opts);
+  });
+
+/** Options every command that talks to the daemon takes. */
+function daemonCommand(name: string, description: string): Command {
+  return program
+    .command(name)
+    .description(description)
+    .option(
+      "--connect <socket|url>",
+      "the daemon: its socket path or http://host:port ($VESSEL_CONNECT)",
+    )
+    .option("--token-file <file>", "bearer token for a TCP daemon ($VESSEL_TOKEN)")
+    .option("--json", "print JSON for programs");
+}
+
+daemonCommand("create", "start a transient domain from a config file (xl create)")
+  .argument("<file>", "native spec (YAML/JSON), xl.cfg, libvirt XML or Firecracker JSON")
+  .option(
+    "--from <format>",
+    "the file's format: native, xl, libvirt, firecracker (default: detect)",
+  )
+  .option("-c, --console", "attach to its console once started")
+  .option("--name <name>", "the domain's name (Firecracker configs have none)")
+  .action(async (file: string, opts) => {
+    exitCode = await (await domainsModule()).createCommand(file, opts);
+  });
+daemonCommand("define", "define a persistent domain from a config file (virsh define)")
+  .argument("<file>", "native spec (YAML/JSON), xl.cfg, libvirt XML or Firecracker JSON")
+  .option(
+    "--from <format>",
+    "the file's format: native, xl, libvirt, firecracker (default: detect)",
+  )
+  .option("--name <name>", "the domain's name (Firecracker configs have none)")
+  .action(async (file: string, opts) => {
+    exitCode = await (await domainsModule()).defineCommand(file, opts);
+  });
+for (const [name, description] of [
+  ["undefine", "forget a domain's definition (a running domain carries on as transient)"],
+  ["start", "start a defined domain"],
+  ["reboot", "reboot a domain through ACPI (power button, then start again)"],
+  ["destroy", "force a domain off at once"],
+  ["pause", "stop a domain's vCPUs"],
+  ["resume", "let a paused domain's vCPUs run again"],
+] as const) {
+  const cmd = daemonCommand(name, description).argument("<domain>");
+  if (name === "start") cmd.option("-c, --console", "attach to its console once started");
+  cmd.action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).actionCommand(name, domain, opts);
+  });
+}
+daemonCommand("shutdown", "press the domain's ACPI power button (a clean shutdown)")
+  .argument("<domain>")
+  .option("--wait", "wait until it is off")
+  .option(
+    "--timeout <seconds>",
+    "with --wait: give up after this long (an error; it keeps running)",
+  )
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).shutdownCommand(domain, opts);
+  });
+daemonCommand("list", "list running domains (--all: defined ones too)")
+  .option("--all", "include domains that are shut off")
+  .action(async (opts) => {
+    exitCode = await (await domainsModule()).listCommand(opts);
+  });
+daemonCommand("mem-set", "set a domain's memory through its balloon (xl mem-set)")
+  .argument("<domain>")
+  .argument("<size>", "e.g. 256M or 1G (plain numbers are MiB)")
+  .action(async (domain: string, size: string, opts) => {
+    exitCode = await (await domainsModule()).memSetCommand(domain, size, opts);
+  });
+daemonCommand("vcpu-pin", "pin a vCPU of a running domain to host CPUs (xl vcpu-pin)")
+  .argument("<domain>")
+  .argument("<vcpu>", "vCPU number")
+  .argument("<cpus>", "host CPU list, e.g. 0-1,3")
+  .action(async (domain: string, vcpu: string, cpus: string, opts) => {
+    exitCode = await (await domainsModule()).vcpuPinCommand(domain, vcpu, cpus, opts);
+  });
+daemonCommand("limit", "set a disk's I/O limits at runtime (token buckets)")
+  .argument("<domain>")
+  .argument("<disk>", "vda, vdb, ... or 0, 1, ...")
+  .option("--bandwidth <rate>", "bytes per second, e.g. 10M")
+  .option("--bandwidth-burst <bytes>", "bucket size for bandwidth (default one second's worth)")
+  .option("--ops <n>", "requests per second")
+  .option("--ops-burst <n>", "bucket size for requests")
+  .option("--none", "remove the limits")
+  .action(async (domain: string, disk: string, opts) => {
+    exitCode = await (await domainsModule()).limitCommand(domain, disk, opts);
+  });
+daemonCommand("vcpu-list", "each vCPU's host thread, CPU time and affinity (xl vcpu-list)")
+  .argument("<domain>")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).vcpuListCommand(domain, opts);
+  });
+daemonCommand("sched", "set a domain's CPU cap and weight (xl sched-credit -c/-w)")
+  .argument("<domain>")
+  .option("--cap <percent>", "ceiling in percent of one host CPU (none removes it)")
+  .option("--weight <n>", "share on a contended host, xl's scale: 256 is the default")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).schedCommand(domain, opts);
+  });
+daemonCommand("top", "a live table of running domains (CPU, exits, I/O, balloon, memory)")
+  .option("--interval <seconds>", "refresh period", "2")
+  .option("--iterations <n>", "stop after this many tables")
+  .action(async (opts) => {
+    exitCode = await (await domainsModule()).topCommand(opts);
+  });
+daemonCommand("info", "a domain's state, resources and counters")
+  .argument("<domain>")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).infoCommand(domain, opts);
+  });
+daemonCommand("console", "attach to a domain's console (Ctrl-] detaches; the domain keeps running)")
+  .argument("<domain>")
+  .action(async (domain: string, opts) => {
+    exitCode = await (await domainsModule()).consoleCommand(domain, opts);
+  });
+daemonCommand("events", "print lifecycle events as they happen")
+  .option("--count <n>", "exit after this many events")
+  .option("--domain <name>", "only this domain's events")
+  .action(async (opts) => {
+    exitCode = await (await domainsModule()).eventsCommand(opts);
+  });
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
@@ -108,4 +277,7 @@ try {
     exitCode = 1;
   }
 }
+// Let piped output drain first: process.exit() does not wait for it, and a long --json
+// answer to a pipe would be cut short.
+await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
 process.exit(exitCode);

@@ -4,8 +4,10 @@
 import { statSync } from "node:fs";
 import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod.js";
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
+import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
 import { VirtioNet } from "../devices/virtio/net/mod.js";
+import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import {
   FdWatcher,
   HostError,
@@ -13,12 +15,15 @@ import {
   libc,
   MissingCapabilityError,
 } from "../host/mod.js";
+import type { JailOptions } from "../jail/mod.js";
 import { GuestMemoryError } from "../memory/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
+import { writeFileAtomic } from "../vmm/atomic_file.js";
+import { ConsoleServer } from "../vmm/console_server.js";
 import { type ControlHandler, ControlServer } from "../vmm/control.js";
 import { describeOutcome, OUTCOME_EXIT_CODE, type Outcome, Vm } from "../vmm/vm.js";
 import { parseCount, parseSize, UsageError } from "./args.js";
-import { closeDevices, openDevices, parseDisk, parseNet } from "./devices.js";
+import { closeDevices, openDevices, parseDisk, parseNet, parseVsock } from "./devices.js";
 
 export interface RunFlags {
   kernel: string;
@@ -34,9 +39,21 @@ export interface RunFlags {
   net?: string[];
   rng?: boolean;
   balloon?: boolean;
+  /** --vsock values (commander collects repeats so that a second one can be refused). */
+  vsock?: string[];
   /** "serial" (default): the terminal is COM1. "virtio": the terminal is hvc0. */
   console?: string;
   controlSocket?: string;
+  /** Serve the console on this Unix socket instead of the terminal (the daemon's way). */
+  consoleSocket?: string;
+  /** Write the outcome here (atomically) before the control socket closes. */
+  outcomeFile?: string;
+  /** The domain's name, shown in `ps` as the process title. */
+  name?: string;
+  /** Run the VMM in its jail (namespaces, minimal root, its own user, seccomp). */
+  jail?: boolean;
+  jailUid?: string;
+  jailGid?: string;
 }
 
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -93,6 +110,11 @@ export function validateRunFlags(flags: RunFlags) {
   }
   for (const d of flags.disk ?? []) parseDisk(d);
   for (const n of flags.net ?? []) parseNet(n);
+  const vsocks = flags.vsock ?? [];
+  if (vsocks.length > 1) {
+    throw new UsageError("--vsock: at most one vsock device (the guest's driver takes one)");
+  }
+  for (const v of vsocks) parseVsock(v);
   const consoleKind = flags.console ?? "serial";
   if (consoleKind !== "serial" && consoleKind !== "virtio") {
     throw new UsageError(`--console: "${consoleKind}" is not serial or virtio`);
@@ -105,7 +127,45 @@ export function validateRunFlags(flags: RunFlags) {
   return { memoryBytes, cpus, kernel, initrd, cmdline };
 }
 
+/** Only `vessel run --jail` loads the jail's code. */
+const jailModule = () => import("../jail/mod.js");
+
+/** --jail: check its flags; the first time through, relaunch in namespaces of its own. */
+async function prepareJail(flags: RunFlags): Promise<JailOptions | undefined> {
+  if (!flags.jail) {
+    if (flags.jailUid !== undefined || flags.jailGid !== undefined)
+      throw new UsageError("--jail-uid/--jail-gid: only with --jail");
+    return undefined;
+  }
+  const jail = await jailModule();
+  let options: JailOptions;
+  try {
+    options = {
+      uid: jail.parseJailId("--jail-uid", flags.jailUid),
+      gid: jail.parseJailId("--jail-gid", flags.jailGid),
+      outcomeFile: flags.outcomeFile,
+      taps: (flags.net ?? []).map((n) => parseNet(n).tap),
+    };
+  } catch (e) {
+    if (e instanceof RangeError) throw new UsageError(e.message);
+    throw e;
+  }
+  if (!jail.relaunched()) {
+    // Mistakes in the other flags cost one line here, before any namespace exists.
+    const input = validateRunFlags(flags);
+    input.kernel.close();
+    input.initrd?.close();
+    try {
+      jail.relaunchInNamespaces();
+    } catch (e) {
+      throw new UsageError(`--jail: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  return options;
+}
+
 export async function runCommand(flags: RunFlags): Promise<number> {
+  const jailOptions = await prepareJail(flags);
   const input = validateRunFlags(flags);
   if (!flags.slowKvm) {
     const kvm = hostKvmCanBootLinux();
@@ -117,10 +177,25 @@ export async function runCommand(flags: RunFlags): Promise<number> {
       );
     }
   }
+  if (flags.name) process.title = `vessel-vmm:${flags.name}`;
+  // Under the daemon the console is a socket; input reaches the guest once the VM exists.
+  let consoleInput: (bytes: Uint8Array) => void = () => {};
+  let consoleServer: ConsoleServer | undefined;
+  if (flags.consoleSocket) {
+    try {
+      consoleServer = await ConsoleServer.listen(flags.consoleSocket, (b) => consoleInput(b));
+    } catch (e) {
+      input.kernel.close();
+      input.initrd?.close();
+      throw new UsageError(`--console-socket: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
   const watcher = new FdWatcher();
-  const toTerminal = (bytes: Uint8Array) => {
-    process.stdout.write(Buffer.from(bytes));
-  };
+  const toTerminal = consoleServer
+    ? (bytes: Uint8Array) => consoleServer.write(bytes)
+    : (bytes: Uint8Array) => {
+        process.stdout.write(Buffer.from(bytes));
+      };
   let devices: VirtioDevice[];
   try {
     devices = await openDevices(
@@ -129,6 +204,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
         nets: flags.net ?? [],
         rng: flags.rng === true,
         balloon: flags.balloon === true,
+        ...(flags.vsock?.[0] !== undefined ? { vsock: flags.vsock[0] } : {}),
         ...(flags.console === "virtio" ? { virtioConsoleOut: toTerminal } : {}),
       },
       watcher,
@@ -137,6 +213,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     watcher.close();
     input.kernel.close();
     input.initrd?.close();
+    await consoleServer?.close();
     throw e;
   }
   let vm: Vm;
@@ -156,6 +233,7 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     });
   } catch (e) {
     await closeDevices(devices);
+    await consoleServer?.close();
     if (e instanceof KernelImageError) throw new UsageError(`--kernel: ${e.message}`);
     if (
       e instanceof MissingCapabilityError ||
@@ -177,18 +255,31 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   const setupMs = Math.round(process.uptime() * 1000);
   const stdin = process.stdin;
   const hvc = devices.find((d): d is VirtioConsole => d instanceof VirtioConsole);
-  const restoreTty = attachConsole(
-    vm,
-    stdin,
-    hvc ? (b) => hvc.enqueueInput(b) : (b) => vm.serial.enqueueInput(b),
-  );
+  const guestInput = hvc
+    ? (b: Uint8Array) => hvc.enqueueInput(b)
+    : (b: Uint8Array) => vm.serial.enqueueInput(b);
+  consoleInput = guestInput;
+  const restoreTty = consoleServer ? () => {} : attachConsole(vm, stdin, guestInput);
   let control: ControlServer | undefined;
+  // Inside the jail's PID namespace process.pid is 1; a supervisor wants the host's pid.
+  const vmmPid = jailOptions ? (await jailModule()).hostPid() : process.pid;
   if (flags.controlSocket) {
     try {
-      control = await ControlServer.listen(flags.controlSocket, controlHandlers(vm, devices));
+      control = await ControlServer.listen(
+        flags.controlSocket,
+        controlHandlers(vm, devices, {
+          name: flags.name ?? null,
+          cpus: input.cpus,
+          memoryBytes: input.memoryBytes,
+          setupMs,
+          pid: vmmPid,
+          jailed: jailOptions !== undefined,
+        }),
+      );
     } catch (e) {
       await closeDevices(devices);
       vm.close();
+      await consoleServer?.close();
       throw new UsageError(`--control-socket: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
@@ -202,6 +293,19 @@ export async function runCommand(flags: RunFlags): Promise<number> {
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   process.on("SIGPWR", onPower);
+  if (jailOptions) {
+    // Everything is open: /dev/kvm, the VM and vCPU fds, images, TAPs, both sockets.
+    try {
+      (await jailModule()).enterJail(jailOptions);
+    } catch (e) {
+      restoreTty();
+      await control?.close();
+      await closeDevices(devices);
+      vm.close();
+      await consoleServer?.close();
+      throw new UsageError(`--jail: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
   let outcome: Outcome;
   try {
     outcome = await vm.run();
@@ -211,8 +315,17 @@ export async function runCommand(flags: RunFlags): Promise<number> {
     process.off("SIGTERM", onSignal);
     process.off("SIGPWR", onPower);
   }
-  await control?.close();
   const stats = vm.stats();
+  // The supervisor learns how the VM ended from this file; it must exist before the control
+  // socket closes, because the socket closing is how the supervisor notices the end.
+  if (flags.outcomeFile) {
+    writeFileAtomic(
+      flags.outcomeFile,
+      `${JSON.stringify({ outcome, exitCode: OUTCOME_EXIT_CODE[outcome.kind], setupMs, stats })}\n`,
+    );
+  }
+  await control?.close();
+  await consoleServer?.close();
   const perDevice = deviceStats(vm, devices);
   // Devices first: disk I/O still in flight and vhost must be done with guest RAM before the
   // VM unmaps it.
@@ -233,21 +346,74 @@ export async function runCommand(flags: RunFlags): Promise<number> {
 }
 
 /** What the control socket offers for this VM (see src/vmm/control.ts). */
-function controlHandlers(vm: Vm, devices: readonly VirtioDevice[]): Record<string, ControlHandler> {
+function controlHandlers(
+  vm: Vm,
+  devices: readonly VirtioDevice[],
+  about: { cpus: number } & Record<string, unknown>,
+): Record<string, ControlHandler> {
   return {
+    status: () => ({
+      ...about,
+      state: vm.paused ? "paused" : "running",
+      vcpuThreads: vm.vcpuThreadIds(),
+    }),
+    /** {"op":"vcpu-pin","vcpu":N,"cpus":[...]}: pin one vCPU thread (numbers already checked by the daemon). */
+    "vcpu-pin": async (args) => {
+      const { vcpu, cpus } = args;
+      if (typeof vcpu !== "number" || !Array.isArray(cpus) || cpus.length === 0)
+        throw new Error("vcpu-pin needs vcpu (a number) and cpus (a non-empty list)");
+      if (vcpu < 0 || vcpu >= about.cpus) throw new Error(`there is no vCPU ${vcpu}`);
+      await vm.pinVcpu(vcpu, cpus as number[]);
+      return { vcpu, cpus: libc.getAffinity(vm.vcpuThreadIds()[vcpu] ?? 0) };
+    },
+    affinity: () =>
+      vm
+        .vcpuThreadIds()
+        .map((tid, vcpu) => ({ vcpu, tid, cpus: tid ? libc.getAffinity(tid) : [] })),
+    pause: () => vm.pause(),
+    resume: () => vm.resume(),
     "power-button": () => vm.pressPowerButton(),
     stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
     ...balloonHandlers(devices),
+    /** {"op":"limit","device":"virtio-blk0","limits":{...}}: replace a disk's rate limits. */
+    limit: (args) => {
+      const disk = devices.find(
+        (d): d is VirtioBlock => d instanceof VirtioBlock && d.name === args.device,
+      );
+      if (!disk) throw new Error(`no disk named ${String(args.device)}`);
+      disk.setLimits((args.limits ?? {}) as LimitConfig);
+      return disk.limits();
+    },
+    limits: () =>
+      devices
+        .filter((d): d is VirtioBlock => d instanceof VirtioBlock)
+        .map((d) => ({ device: d.name, ...d.limits() })),
     stats: () => ({ ...vm.stats(), devices: deviceStats(vm, devices) }),
+    ...(process.env.VESSEL_TEST_HOOKS === "1" ? testHooks() : {}),
   };
 }
 
-/** Each device's transport counters, and for a net device its path and frame counters. */
+/**
+ * Ops for tests only, present when VESSEL_TEST_HOOKS=1 was set at start: they prove a
+ * property of the running VMM from outside and do nothing useful otherwise.
+ */
+function testHooks(): Record<string, ControlHandler> {
+  return {
+    /** Make a call the jail's filter forbids: a jailed VMM dies of SIGSYS (no reply). */
+    "test-forbidden-syscall": async () => (await jailModule()).testForbiddenCall(),
+  };
+}
+
+/** Each device's transport counters and its own metrics; a net device also names its path. */
 function deviceStats(vm: Vm, devices: readonly VirtioDevice[]) {
   return vm.transports.map((t, i) => {
-    const d = devices[i];
+    // Devices expose their counters as metrics() (block, net, console, balloon) or as a
+    // metrics object (rng); either way they go out as plain numbers.
+    const d = devices[i] as (VirtioDevice & { metrics?: unknown }) | undefined;
+    const m = d?.metrics;
+    const metrics = typeof m === "function" ? (m as () => unknown).call(d) : (m ?? null);
     const net = d instanceof VirtioNet ? { net: { backend: d.backend, ...d.metrics() } } : {};
-    return { name: d?.name, ...t.stats(), ...net };
+    return { name: d?.name, ...t.stats(), metrics, ...net };
   });
 }
 

@@ -28,6 +28,18 @@ export const DiskSpec = Type.Object(
     path: Type.String({ minLength: 1, description: "raw image file on the host" }),
     readOnly: Type.Optional(Type.Boolean()),
     serial: Type.Optional(Type.String({ maxLength: 20, description: "virtio-blk serial ID" })),
+    /** I/O limits: bytes per second (with a burst) and requests per second. */
+    limits: Type.Optional(
+      Type.Object(
+        {
+          bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
+          bandwidthBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+          ops: Type.Optional(Type.Integer({ minimum: 1, description: "requests per second" })),
+          opsBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -36,6 +48,33 @@ export const NetSpec = Type.Object(
   {
     tap: Type.String({ pattern: "^[A-Za-z0-9_.-]{1,15}$", description: "TAP interface name" }),
     mac: Type.Optional(Type.String({ pattern: "^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$" })),
+  },
+  { additionalProperties: false },
+);
+
+/** Host CPUs in Linux cpulist form ("0-3,8", as cpuset.cpus and `taskset -c` take them). */
+export const CpuList = Type.String({
+  pattern: "^\\d+(?:-\\d+)?(?:,\\d+(?:-\\d+)?)*$",
+  description: "host CPU numbers and ranges, e.g. 0-3,8",
+});
+
+/** The CPU numbers a (schema-checked) cpulist names, ascending. */
+export function expandCpuList(list: string): number[] {
+  const cpus = new Set<number>();
+  for (const range of list.split(",")) {
+    const [lo = 0, hi = lo] = range.split("-").map(Number);
+    for (let c = lo; c <= hi && c <= MAX_HOST_CPU; c++) cpus.add(c);
+  }
+  return [...cpus].sort((a, b) => a - b);
+}
+
+/** Highest host CPU number a cpulist may name (the kernel's NR_CPUS ceiling on x86-64). */
+export const MAX_HOST_CPU = 8191;
+
+export const VsockSpec = Type.Object(
+  {
+    cid: Type.Integer({ minimum: 3, maximum: 2 ** 32 - 2, description: "guest context ID" }),
+    uds: Type.String({ minLength: 1, description: "host Unix socket backing the device" }),
   },
   { additionalProperties: false },
 );
@@ -64,6 +103,27 @@ export const DomainSpec = Type.Object(
     onReboot: Type.Optional(LifecycleAction),
     onCrash: Type.Optional(LifecycleAction),
     autostart: Type.Optional(Type.Boolean()),
+    // Resource control: applied by the daemon (cgroup v2 and thread affinity, see
+    // src/daemon/domain.ts); `vessel run` alone does not. maxVcpus (hotplug) and vsock are
+    // carried over by the importers but not applied yet; the importers warn about those.
+    /** vCPUs the guest may bring online later (xl maxvcpus, libvirt vcpu above current). */
+    maxVcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 254 })),
+    /** Host CPUs every vCPU is pinned to (xl cpus="...", libvirt vcpu cpuset=). */
+    cpus: Type.Optional(CpuList),
+    /** Per-vCPU pinning, keyed by vCPU number; overrides `cpus` for that vCPU. */
+    vcpuPin: Type.Optional(
+      Type.Record(Type.String({ pattern: "^(?:0|[1-9]\\d{0,2})$" }), CpuList, {
+        additionalProperties: false,
+      }),
+    ),
+    /** Relative CPU share on a contended host, xl's scale: 256 is the default. */
+    cpuWeight: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    /** Ceiling in percent of one host CPU (xl cap: 100 is one CPU, 400 four). */
+    cpuCap: Type.Optional(Type.Integer({ minimum: 1, maximum: 254 * 100 })),
+    /** Host CPUs for the VMM's own threads (main and I/O), apart from the vCPUs'. */
+    vmmCpus: Type.Optional(CpuList),
+    /** A virtio-vsock device (Firecracker's vsock). */
+    vsock: Type.Optional(VsockSpec),
   },
   { additionalProperties: false, $id: "DomainSpec" },
 );
@@ -106,7 +166,25 @@ export function parseDomainSpec(value: unknown): DomainSpec {
   if (memory < 16 * 2 ** 20) throw new SpecError("memory", "too little memory (at least 16M)");
   if (spec.maxMemory !== undefined && sizeBytes("maxMemory", spec.maxMemory) < memory)
     throw new SpecError("maxMemory", "is below memory");
+  if (spec.maxVcpus !== undefined && spec.maxVcpus < spec.vcpus)
+    throw new SpecError("maxVcpus", "is below vcpus");
+  if (spec.cpus !== undefined) checkCpuList("cpus", spec.cpus);
+  if (spec.vmmCpus !== undefined) checkCpuList("vmmCpus", spec.vmmCpus);
+  for (const [vcpu, list] of Object.entries(spec.vcpuPin ?? {})) {
+    if (Number(vcpu) >= (spec.maxVcpus ?? spec.vcpus))
+      throw new SpecError(`vcpuPin/${vcpu}`, "no such vCPU");
+    checkCpuList(`vcpuPin/${vcpu}`, list);
+  }
   return spec;
+}
+
+function checkCpuList(field: string, list: string): void {
+  for (const range of list.split(",")) {
+    const [lo, hi = lo] = range.split("-").map(Number);
+    if (lo === undefined || hi === undefined || lo > hi)
+      throw new SpecError(field, `"${range}" is not a CPU range (low-high)`);
+    if (hi > MAX_HOST_CPU) throw new SpecError(field, `CPU ${hi} is above ${MAX_HOST_CPU}`);
+  }
 }
 
 function describeProblem(value: unknown, field: string, message: string): string {
@@ -116,12 +194,16 @@ function describeProblem(value: unknown, field: string, message: string): string
   for (const p of parts.slice(0, -1)) parent = (parent as Record<string, unknown>)?.[p];
   const key = parts[parts.length - 1] ?? "";
   if (typeof parent === "object" && parent !== null && !(key in parent)) return "required";
+  if (field.startsWith("vcpuPin/") && message.startsWith("Unexpected property"))
+    return "keys are vCPU numbers (0, 1, ...)";
   if (message.startsWith("Unexpected property")) return "unknown key (not part of the domain spec)";
   // TypeBox reports a union mismatch without saying what would do; say it.
   if (/^(memory|maxMemory)$/.test(field)) return "expected bytes or a size like 512M";
   if (/^on(Poweroff|Reboot|Crash)$/.test(field))
     return "expected one of destroy, restart, preserve";
   if (field === "console") return "expected serial or virtio";
+  if (field === "cpus" || field === "vmmCpus" || field.startsWith("vcpuPin/"))
+    return "expected a host CPU list like 0-3,8";
   return message.charAt(0).toLowerCase() + message.slice(1);
 }
 
@@ -137,10 +219,24 @@ export function parseDomainSpecText(text: string, source = "spec"): DomainSpec {
   return parseDomainSpec(value);
 }
 
+/** Fields whose absence means something (no limit, no pinning, no device): no default. */
+type OptionalWithoutDefault =
+  | "uuid"
+  | "maxMemory"
+  | "initrd"
+  | "cmdline"
+  | "maxVcpus"
+  | "cpus"
+  | "vcpuPin"
+  | "cpuWeight"
+  | "cpuCap"
+  | "vmmCpus"
+  | "vsock";
+
 /** The spec with defaults filled in, as the VMM process is started from it. */
 export function withDefaults(
   spec: DomainSpec,
-): Required<Omit<DomainSpec, "uuid" | "maxMemory" | "initrd" | "cmdline">> & DomainSpec {
+): Required<Omit<DomainSpec, OptionalWithoutDefault>> & DomainSpec {
   return {
     disks: [],
     nets: [],

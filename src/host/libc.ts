@@ -27,7 +27,10 @@ const fallocateFn = lib.func("int fallocate(int fd, int mode, int64_t offset, in
 // iovecs are passed as a BigUint64Array of (base, len) pairs: no per-call marshalling.
 const preadvFn = lib.func("intptr_t preadv(int fd, void *iov, int iovcnt, int64_t offset)");
 const pwritevFn = lib.func("intptr_t pwritev(int fd, void *iov, int iovcnt, int64_t offset)");
+const setAffinityFn = lib.func("int sched_setaffinity(int pid, size_t size, const void *mask)");
+const getAffinityFn = lib.func("int sched_getaffinity(int pid, size_t size, void *mask)");
 const sigmaskFn = lib.func("int pthread_sigmask(int how, const void *set, void *oldset)");
+const socketFn = lib.func("int socket(int domain, int type, int protocol)");
 
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
@@ -155,12 +158,43 @@ export function tgkill(tgid: number, tid: number, signal: number): void {
   check("tgkill", syscallFn(SYS_tgkill, tgid, tid, signal));
 }
 
+/** CPU masks up to 1024 CPUs (glibc's cpu_set_t). */
+const CPU_SET_BYTES = 128;
+
+/** Pin thread `tid` (0: the caller) to `cpus`. */
+export function setAffinity(tid: number, cpus: readonly number[]): void {
+  const mask = new Uint8Array(CPU_SET_BYTES);
+  for (const c of cpus) {
+    if (!Number.isInteger(c) || c < 0 || c >= CPU_SET_BYTES * 8)
+      throw new RangeError(`CPU ${c} is out of range`);
+    mask[c >> 3] = (mask[c >> 3] ?? 0) | (1 << (c & 7));
+  }
+  const rc = setAffinityFn(tid, CPU_SET_BYTES, mask) as number;
+  if (rc !== 0) throw new HostError("sched_setaffinity", koffi.errno());
+}
+
+/** The CPUs thread `tid` (0: the caller) may run on. */
+export function getAffinity(tid: number): number[] {
+  const mask = new Uint8Array(CPU_SET_BYTES);
+  const rc = getAffinityFn(tid, CPU_SET_BYTES, mask) as number;
+  if (rc !== 0) throw new HostError("sched_getaffinity", koffi.errno());
+  const cpus: number[] = [];
+  mask.forEach((byte, i) => {
+    for (let b = 0; b < 8; b++) if (byte & (1 << b)) cpus.push(i * 8 + b);
+  });
+  return cpus;
+}
+
 /** Unblock one signal in the calling thread (Node starts worker threads with all blocked). */
 export function unblockSignal(signal: number): void {
   const set = new BigUint64Array(16);
   set[0] = 1n << BigInt(signal - 1);
   const rc = sigmaskFn(SIG_UNBLOCK, set, null) as number;
   if (rc !== 0) throw new HostError("pthread_sigmask", rc);
+}
+
+export function socket(domain: number, type: number, protocol: number): number {
+  return check("socket", socketFn(domain, type | O_CLOEXEC, protocol));
 }
 
 export function errno(): number {

@@ -2,13 +2,16 @@
 // kernel: Debian's cloud kernel with a busybox initramfs whose /init loads the virtio
 // modules, reports `VESSEL-INIT-READY`, then either runs the script passed base64-encoded
 // as `vessel.exec=` on the kernel command line and powers off, or gives a shell on the
-// console. Builds are cached per kernel package version and installed with one rename.
+// console. Besides busybox it carries mkfs.ext4 from the host and vsock-cat, compiled here
+// from vsock_cat.c (busybox has no AF_VSOCK tool). Builds are cached per kernel package
+// version and recipe, and installed with one rename.
 
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { installDir, replaceSymlink, scratchDirBeside, vesselCacheRoot } from "./debian.js";
 import {
   fetchBusybox,
@@ -42,7 +45,12 @@ export const GUEST_MODULES: readonly string[] = [
 export const GUEST_OPTIONAL_MODULES: readonly string[] = ["rng_core", "ext4"];
 
 /** Bump when the image's layout or /init changes in a way a cached build must not hide. */
-const RECIPE_VERSION = 3;
+const RECIPE_VERSION = 4;
+
+/** Source of the guest's vsock-cat (in the source tree: tsc does not copy C files). */
+const VSOCK_CAT_SOURCE = fileURLToPath(new URL("../../../src/image/vsock_cat.c", import.meta.url));
+/** Where vsock-cat lands in the guest. */
+export const VSOCK_CAT_PATH = "usr/bin/vsock-cat";
 
 /** Printed by /init once modules are loaded; boot-to-init timing looks for it. */
 export const INIT_READY_MARKER = "VESSEL-INIT-READY";
@@ -175,8 +183,25 @@ export function imageIsBuilt(cacheDir?: string): boolean {
 function recipeHash(): string {
   return createHash("sha256")
     .update(JSON.stringify([RECIPE_VERSION, GUEST_INIT, GUEST_MODULES, GUEST_OPTIONAL_MODULES]))
+    .update(readFileSync(VSOCK_CAT_SOURCE))
     .digest("hex")
     .slice(0, 8);
+}
+
+/** Compile vsock-cat static (the guest has no libc) into `workDir`; returns its bytes. */
+function compileVsockCat(workDir: string): Uint8Array {
+  const out = join(workDir, "vsock-cat");
+  try {
+    execFileSync("gcc", ["-static", "-Os", "-s", "-Wall", "-o", out, VSOCK_CAT_SOURCE], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+  } catch (e) {
+    const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim();
+    throw new Error(
+      `Cannot build the default guest: compiling vsock-cat failed (apt-get install gcc libc6-dev): ${stderr || (e as Error).message}`,
+    );
+  }
+  return readFileSync(out);
 }
 
 function buildName(ref: KernelPackageRef): string {
@@ -241,7 +266,7 @@ export async function buildDefaultImage(opts: BuildImageOptions = {}): Promise<B
     "resolve kernel package",
     "download kernel",
     "download busybox",
-    "collect modules",
+    "collect modules and tools",
     "write initramfs",
     "install",
   ];
@@ -282,6 +307,7 @@ export async function buildDefaultImage(opts: BuildImageOptions = {}): Promise<B
     const busybox = await fetchBusybox(join(work, "dl"));
     step();
     const resolved = requireModules(kernel.tree, GUEST_MODULES, GUEST_OPTIONAL_MODULES);
+    const vsockCat = compileVsockCat(work);
     step();
     const initrd = makeInitramfs({
       busybox: busybox.path,
@@ -290,6 +316,7 @@ export async function buildDefaultImage(opts: BuildImageOptions = {}): Promise<B
       init: GUEST_INIT,
       files: [
         { path: "etc/acpi/PWRF/00000080", data: POWER_BUTTON_SCRIPT, mode: 0o755 },
+        { path: VSOCK_CAT_PATH, data: vsockCat, mode: 0o755 },
         ...hostToolFiles(GUEST_HOST_TOOLS),
       ],
     });

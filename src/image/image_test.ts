@@ -1,7 +1,8 @@
 // Builds the default guest image into a scratch cache (downloads Debian's cloud kernel and
 // busybox-static with apt-get) and checks the initramfs from the inside: it parses back,
-// /init is an executable script, busybox and its applets are there, and every module in the
-// load list is present, after its dependencies. A second build must reuse the cache.
+// /init is an executable script, busybox, its applets and a static vsock-cat are there, and
+// every module in the load list is present, after its dependencies. A second build must
+// reuse the cache.
 
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
@@ -15,6 +16,7 @@ import {
   buildDefaultImage,
   defaultImagePaths,
   INIT_READY_MARKER,
+  VSOCK_CAT_PATH,
 } from "./image.js";
 import { MODULE_LIST_PATH } from "./initramfs.js";
 import { moduleName, readModinfo } from "./modules.js";
@@ -72,6 +74,21 @@ describe("default image", () => {
     assert.ok(entries.get("etc/acpi/PWRF/00000080"));
   });
 
+  it("has vsock-cat, a static x86-64 executable", () => {
+    const tool = entries.get(VSOCK_CAT_PATH);
+    assert.ok(tool, `${VSOCK_CAT_PATH} is missing`);
+    assert.equal(tool.mode & 0o111, 0o111);
+    // ELF, and no PT_INTERP: the guest has no dynamic loader for it.
+    assert.equal(Buffer.from(tool.data.subarray(0, 4)).toString("latin1"), "\x7fELF");
+    const elf = Buffer.from(tool.data);
+    const phoff = Number(elf.readBigUInt64LE(0x20));
+    const phentsize = elf.readUInt16LE(0x36);
+    for (let i = 0; i < elf.readUInt16LE(0x38); i++) {
+      const PT_INTERP = 3;
+      assert.notEqual(elf.readUInt32LE(phoff + i * phentsize), PT_INTERP, "dynamically linked");
+    }
+  });
+
   it("has every listed module, each after its dependencies", () => {
     const list = new TextDecoder()
       .decode(entries.get(MODULE_LIST_PATH.slice(1))?.data)
@@ -87,7 +104,14 @@ describe("default image", () => {
       }
       loaded.add(moduleName(path));
     }
-    for (const name of ["virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "vsock"]) {
+    for (const name of [
+      "virtio_mmio",
+      "virtio_blk",
+      "virtio_net",
+      "virtio_console",
+      "vsock",
+      "vmw_vsock_virtio_transport",
+    ]) {
       assert.ok(loaded.has(name), `${name} is not loaded`);
     }
     assert.ok(!list.some((p) => /\.ko\.(xz|zst|gz)$/.test(p)), "modules must be uncompressed");

@@ -1,10 +1,12 @@
 // The long fuzz run (not part of the test suite): at least a million cases per parser of
 // guest data (virtqueue chain parsing, virtio-mmio register sequences, virtio-rng request
-// handling), each from its own xorshift seed so a failure prints a replayable seed.
+// handling, virtio-vsock packet handling), each from its own xorshift seed so a failure
+// prints a replayable seed.
 //
 //   node dist/src/virtio/fuzz.js [cases=1000000] [seed]
 
 import { rngCase } from "../devices/virtio/rng/fuzz_case.js";
+import { vsockCase } from "../devices/virtio/vsock/fuzz_case.js";
 import {
   closeFuzzEnv,
   queueCase,
@@ -81,6 +83,21 @@ run(
   },
   () =>
     `${rng.requests} requests served, ${rng.bytes} bytes, ${rng.reinit} driver re-inits after a broken ring`,
+);
+
+const vs = { sent: 0, received: 0, refused: 0, connections: 0, bytes: 0 };
+run(
+  "vsock packet handling",
+  vsockCase,
+  (t) => {
+    vs.sent += t.sent;
+    vs.received += t.received;
+    vs.refused += t.refused;
+    vs.connections += t.connections;
+    vs.bytes += t.bytes;
+  },
+  () =>
+    `${vs.sent} guest packets, ${vs.received} packets to the guest, ${vs.refused} packets or chains refused, ${vs.connections} connections, ${vs.bytes} payload bytes`,
 );
 
 closeFuzzEnv();

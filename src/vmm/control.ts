@@ -4,8 +4,8 @@
 // the VMM's user) are the access control. Requests are untrusted input: size-bounded,
 // parsed defensively, and answered with {"ok":false,"error":...} when wrong.
 
-import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
-import { createServer, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { closeUnix, listenUnix } from "../host/unix_socket.js";
 
 export type ControlHandler = (args: Record<string, unknown>) => unknown | Promise<unknown>;
 
@@ -27,18 +27,8 @@ export class ControlServer {
     path: string,
     handlers: Readonly<Record<string, ControlHandler>>,
   ): Promise<ControlServer> {
-    if (existsSync(path)) {
-      if (!lstatSync(path).isSocket())
-        throw new Error(`--control-socket: ${path} exists and is not a socket`);
-      unlinkSync(path);
-    }
     const c = new ControlServer(path, handlers);
-    await new Promise<void>((resolve, reject) => {
-      c.server.once("error", reject);
-      c.server.listen(path, () => resolve());
-    });
-    chmodSync(path, 0o600);
-    c.server.unref();
+    await listenUnix(c.server, path);
     return c;
   }
 
@@ -88,11 +78,91 @@ export class ControlServer {
 
   async close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
-    await new Promise<void>((r) => this.server.close(() => r()));
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
+    await closeUnix(this.server, this.path);
+  }
+}
+
+/**
+ * The supervisor's end of a control socket: requests go out in order, replies come back in
+ * order (the server answers one line per request, sequentially). `closed` settles when the
+ * VMM process goes away, which is how a supervisor that is not its parent notices its end.
+ */
+export class ControlClient {
+  private readonly pending: { resolve(v: unknown): void; reject(e: Error): void }[] = [];
+  private buffered = "";
+  readonly closed: Promise<void>;
+
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => this.receive(chunk));
+    this.closed = new Promise((resolve) => {
+      socket.on("close", () => {
+        for (const p of this.pending.splice(0)) p.reject(new Error("the VMM process went away"));
+        resolve();
+      });
+    });
+    socket.on("error", () => {});
+  }
+
+  static connect(path: string, timeoutMs = 2000): Promise<ControlClient> {
+    return new Promise((resolve, reject) => {
+      const socket = createConnection(path);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error(`no answer on ${path} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        socket.removeAllListeners("error");
+        resolve(new ControlClient(socket));
+      });
+      socket.once("error", (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
+  }
+
+  request(op: string, args: Record<string, unknown> = {}, timeoutMs = 10_000): Promise<unknown> {
+    if (this.socket.destroyed) return Promise.reject(new Error("the VMM process went away"));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`the VMM did not answer "${op}" within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      this.pending.push({
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.socket.write(`${JSON.stringify({ ...args, op })}\n`);
+    });
+  }
+
+  private receive(chunk: string): void {
+    this.buffered += chunk;
+    let nl = this.buffered.indexOf("\n");
+    while (nl >= 0) {
+      const line = this.buffered.slice(0, nl);
+      this.buffered = this.buffered.slice(nl + 1);
+      const p = this.pending.shift();
+      try {
+        const reply = JSON.parse(line) as { ok?: boolean; result?: unknown; error?: string };
+        if (reply.ok) p?.resolve(reply.result);
+        else p?.reject(new Error(reply.error ?? "request failed"));
+      } catch {
+        p?.reject(new Error("the VMM sent a malformed reply"));
+      }
+      nl = this.buffered.indexOf("\n");
     }
+  }
+
+  close(): void {
+    this.socket.destroy();
   }
 }

@@ -169,6 +169,11 @@ export class VcpuThread {
     return false;
   }
 
+  /** The kernel thread id of this vCPU's thread (0 until it has started). */
+  get tid(): number {
+    return Atomics.load(this.ctrl, ch.C_TID);
+  }
+
   async pause(timeoutMs = 2000): Promise<boolean> {
     this.command(ch.CMD_PAUSE);
     return this.waitRunState(ch.RS_PAUSED, timeoutMs);

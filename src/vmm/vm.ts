@@ -391,6 +391,55 @@ export class Vm implements ExitHandler {
     this.finish?.(outcome);
   }
 
+  private pausedState = false;
+
+  /** True between a successful pause() and the next resume(). */
+  get paused(): boolean {
+    return this.pausedState;
+  }
+
+  /**
+   * Stop every vCPU where it is (kick, then park the thread) and keep it stopped until
+   * resume(). Devices keep running; the guest just gets no CPU, as with `virsh suspend`.
+   */
+  async pause(timeoutMs = 2000): Promise<void> {
+    if (this.outcome) throw new Error("the VM has ended");
+    const ok = await Promise.all(this.threads.map((t) => t.pause(timeoutMs)));
+    if (ok.includes(false)) {
+      for (const t of this.threads) t.resume();
+      throw new Error(`a vCPU did not pause within ${timeoutMs} ms`);
+    }
+    this.pausedState = true;
+  }
+
+  resume(): void {
+    for (const t of this.threads) t.resume();
+    this.pausedState = false;
+  }
+
+  /** Thread ids of the vCPU threads, by vCPU index (0 for one not started yet). */
+  vcpuThreadIds(): number[] {
+    return this.threads.map((t) => t.tid);
+  }
+
+  /**
+   * Pin vCPU `index`'s thread to `cpus` (host CPU numbers). A supervisor may ask as soon as
+   * the control socket answers, which is before the vCPU threads exist: wait for them.
+   */
+  async pinVcpu(index: number, cpus: readonly number[], timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const t = this.threads[index];
+      if (t && t.tid !== 0) {
+        libc.setAffinity(t.tid, cpus);
+        return;
+      }
+      if (this.outcome || Date.now() > deadline)
+        throw new RangeError(`there is no running vCPU ${index}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
   /** Press the ACPI power button: a well-behaved guest shuts down. */
   pressPowerButton(): void {
     this.ged.pressPowerButton();

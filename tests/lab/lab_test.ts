@@ -12,9 +12,18 @@ import {
   runInLab,
 } from "../../src/lab/mod.js";
 import { labCases as coreCases } from "./cases.js";
-import { balloonCases, consoleCases, netCases, virtioCases } from "./virtio_cases.js";
+import { domainCases } from "./domain_cases.js";
+import { balloonCases, consoleCases, netCases, virtioCases, vsockCases } from "./virtio_cases.js";
 
-const allCases = [...coreCases, ...virtioCases, ...consoleCases, ...netCases, ...balloonCases];
+const allCases = [
+  ...coreCases,
+  ...virtioCases,
+  ...consoleCases,
+  ...netCases,
+  ...balloonCases,
+  ...vsockCases,
+  ...domainCases,
+];
 // VESSEL_LAB_ONLY=REGEX runs only the cases whose names match: a developer's shortcut while
 // working on one device. CI never sets it, so the whole batch runs there.
 const only = process.env.VESSEL_LAB_ONLY ? new RegExp(process.env.VESSEL_LAB_ONLY) : undefined;

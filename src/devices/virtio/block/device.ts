@@ -41,6 +41,7 @@ import {
 } from "../../../virtio/device.js";
 import { GuestLog } from "../../../virtio/guest_log.js";
 import { commonDeviceOptions } from "../../../virtio/options.js";
+import { type LimitConfig, RateLimiter } from "../rate_limiter.js";
 import {
   type BlockConfig,
   blockConfig,
@@ -89,6 +90,8 @@ export interface VirtioBlockOptions {
   queueSize?: number;
   /** Where refusals and host errors are reported. Default: stderr. */
   log?: (message: string) => void;
+  /** Bandwidth and operation limits (token buckets); none by default. */
+  limits?: LimitConfig;
 }
 
 const bit = (n: bigint): bigint => 1n << n;
@@ -129,6 +132,11 @@ export class VirtioBlock implements VirtioDevice {
   #notifyScheduled = false;
   #closed = false;
   #idleWaiters: (() => void)[] = [];
+  readonly #limiter: RateLimiter;
+  /** A popped request waiting for the rate limiter's tokens. */
+  #held: DescriptorChain | undefined;
+  #throttleTimer: NodeJS.Timeout | undefined;
+  #heldSince = 0;
 
   constructor(options: VirtioBlockOptions) {
     if (typeof options !== "object" || options === null) {
@@ -179,6 +187,11 @@ export class VirtioBlock implements VirtioDevice {
     this.serial = serial;
     this.#fd = fd;
     this.#guestLog = new GuestLog(this.name, log);
+    try {
+      this.#limiter = new RateLimiter(options.limits ?? {});
+    } catch (e) {
+      throw new RangeError(cannot(`limits: ${e instanceof Error ? e.message : String(e)}`));
+    }
     this.#maxInFlight = queueSize;
     this.queueSizes = [queueSize];
     this.config = Object.freeze(blockConfig(size / SECTOR_SIZE, queueSize));
@@ -295,6 +308,10 @@ export class VirtioBlock implements VirtioDevice {
 
   reset(): void {
     this.#generation++;
+    // A held request belonged to the old rings; it is dropped with them.
+    this.#held = undefined;
+    if (this.#throttleTimer) clearTimeout(this.#throttleTimer);
+    this.#throttleTimer = undefined;
     this.#ctx = undefined;
     this.#memory = undefined;
     this.#queue = undefined;
@@ -328,21 +345,63 @@ export class VirtioBlock implements VirtioDevice {
     this.#guestLog.warn(message);
   }
 
-  /** Pop and start requests while there is room in flight. */
+  /** Replace the rate limits at runtime (an empty config removes them). */
+  setLimits(limits: LimitConfig): void {
+    this.#limiter.configure(limits);
+    if (this.#throttleTimer) {
+      clearTimeout(this.#throttleTimer);
+      this.#throttleTimer = undefined;
+    }
+    this.#drain();
+    this.#flushNotify();
+  }
+
+  limits(): LimitConfig & { throttledMs: number; throttledRequests: number } {
+    return {
+      ...this.#limiter.config(),
+      throttledMs: Math.round(this.#limiter.throttledMs),
+      throttledRequests: this.#limiter.throttledRequests,
+    };
+  }
+
+  /** Pop and start requests while there is room in flight and the rate limits allow. */
   #drain(): void {
     const queue = this.#queue;
     const memory = this.#memory;
-    if (!queue || !memory) return;
+    if (!queue || !memory || this.#throttleTimer) return;
     while (this.#metrics.inFlight < this.#maxInFlight && !queue.broken) {
-      let chain: DescriptorChain | undefined;
-      try {
-        chain = queue.pop();
-      } catch (e) {
-        this.#warn(`queue pop failed: ${String(e)}`);
-        this.#ctx?.needsReset(`${this.name}: queue failed`);
-        return;
+      let chain = this.#held;
+      if (!chain) {
+        try {
+          chain = queue.pop();
+        } catch (e) {
+          this.#warn(`queue pop failed: ${String(e)}`);
+          this.#ctx?.needsReset(`${this.name}: queue failed`);
+          return;
+        }
+        if (!chain) return;
       }
-      if (!chain) return;
+      if (this.#limiter.limited) {
+        // The chain's buffer lengths are what the request moves (header and status aside).
+        const wait = this.#limiter.consume(chain.readableLength + chain.writableLength);
+        if (wait > 0) {
+          if (!this.#held) {
+            this.#held = chain;
+            this.#heldSince = performance.now();
+            this.#limiter.throttledRequests++;
+          }
+          const generation = this.#generation;
+          this.#throttleTimer = setTimeout(() => {
+            this.#throttleTimer = undefined;
+            if (generation !== this.#generation) return;
+            this.#drain();
+            this.#flushNotify();
+          }, Math.ceil(wait));
+          return;
+        }
+        if (this.#held) this.#limiter.throttledMs += performance.now() - this.#heldSince;
+      }
+      this.#held = undefined;
       this.#start(chain, memory, queue);
     }
   }

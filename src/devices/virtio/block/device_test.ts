@@ -248,6 +248,45 @@ describe("VirtioBlock", () => {
     assert.ok(r.q.notifies >= 2);
   });
 
+  it("holds requests back to its rate limits, and lets them through as tokens come", async () => {
+    // 10 requests per second with a burst of 1: the first goes at once, then one per 100 ms.
+    const r = rig({ limits: { ops: { rate: 10, burst: 1 } } });
+    const t0 = performance.now();
+    const chains = [1, 2, 3, 4].map((h) => request(h, VIRTIO_BLK_T_FLUSH, 0).chain);
+    r.q.add(...chains);
+    r.dev.queueNotify(0);
+    await r.q.waitUsed(1);
+    assert.ok(performance.now() - t0 < 80, "the first request is not held");
+    await r.q.waitUsed(4);
+    const elapsed = performance.now() - t0;
+    assert.ok(elapsed >= 280 && elapsed < 1500, `4 requests at 10/s took ${elapsed} ms`);
+    const l = r.dev.limits();
+    assert.deepEqual(l.ops, { rate: 10, burst: 1 });
+    assert.equal(l.throttledRequests, 3);
+    assert.ok(l.throttledMs >= 250);
+    // Removing the limits at runtime lets everything through at once.
+    r.dev.setLimits({});
+    const t1 = performance.now();
+    await run(r, ...[5, 6, 7].map((h) => request(h, VIRTIO_BLK_T_FLUSH, 0).chain));
+    assert.ok(performance.now() - t1 < 100);
+  });
+
+  it("limits bandwidth by the bytes each request moves", async () => {
+    // 64 KiB/s with a 4 KiB burst: 5 reads of 4 KiB need about 4 × 62 ms after the first.
+    const r = rig({ limits: { bandwidth: { rate: 64 * 1024, burst: 4096 } } });
+    const t0 = performance.now();
+    await run(
+      r,
+      ...[1, 2, 3, 4, 5].map((h) => request(h, VIRTIO_BLK_T_IN, 0, { inLength: 4096 - 17 }).chain),
+    );
+    const elapsed = performance.now() - t0;
+    assert.ok(elapsed >= 220 && elapsed < 1500, `took ${elapsed} ms`);
+  });
+
+  it("refuses limits that are not positive", () => {
+    assert.throws(() => rig({ limits: { ops: { rate: 0 } } }), /limits: rate 0/);
+  });
+
   it("flushes", async () => {
     const r = rig();
     const f = request(3, VIRTIO_BLK_T_FLUSH, 0);

@@ -1,0 +1,40 @@
+// Tests for the native domain spec: the optional resource-control and vsock fields the
+// importers carry over (checked here, applied by the VMM in a later issue).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { parseDomainSpec, parseDomainSpecText, SpecError } from "./spec.js";
+
+const base = { name: "d", memory: "64M", vcpus: 2, kernel: "/k" };
+
+test("resource-control fields are accepted and checked", () => {
+  const spec = parseDomainSpec({
+    ...base,
+    maxVcpus: 4,
+    cpus: "0-3,8",
+    vcpuPin: { "0": "2", "3": "4-5" },
+    cpuWeight: 512,
+    cpuCap: 150,
+    vsock: { cid: 3, uds: "/run/v.sock" },
+  });
+  assert.equal(spec.vcpuPin?.["3"], "4-5");
+  assert.throws(() => parseDomainSpec({ ...base, maxVcpus: 1 }), /^SpecError: maxVcpus: is below/);
+  assert.throws(() => parseDomainSpec({ ...base, cpus: "3-1" }), /cpus: "3-1" is not a CPU range/);
+  assert.throws(() => parseDomainSpec({ ...base, cpus: "0-9000" }), /cpus: CPU 9000 is above/);
+  assert.throws(() => parseDomainSpec({ ...base, cpus: "all" }), /cpus: expected a host CPU list/);
+  assert.throws(
+    () => parseDomainSpec({ ...base, vcpuPin: { "2": "1" } }),
+    /vcpuPin\/2: no such vCPU/,
+  );
+  assert.throws(
+    () => parseDomainSpec({ ...base, vcpuPin: { x: "1" } }),
+    /vcpuPin\/x: keys are vCPU numbers/,
+  );
+  assert.throws(() => parseDomainSpec({ ...base, vsock: { cid: 2, uds: "/s" } }), SpecError);
+});
+
+test("a vcpuPin written as YAML keeps its numeric keys as vCPU numbers", () => {
+  const spec = parseDomainSpecText(
+    "name: d\nmemory: 64M\nvcpus: 2\nkernel: /k\nvcpuPin:\n  0: '1'\n  1: 2-3\n",
+  );
+  assert.deepEqual(spec.vcpuPin, { "0": "1", "1": "2-3" });
+});
