@@ -194,6 +194,27 @@ export function openApiDocument(): Json {
           },
         },
       },
+      "/v1/domains/{name}/nets/{index}/limits": {
+        put: {
+          summary:
+            "replace one network device's limits each way (rx: what the guest receives, tx: what it sends), at runtime and for later starts; {} removes them; not with vhost",
+          parameters: [
+            nameParam,
+            { name: "index", in: "path", required: true, schema: { type: "integer", minimum: 0 } },
+          ],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: ref("NetLimitsRequest") } },
+          },
+          responses: {
+            "200": {
+              description: "the device's limits each way now, and the time each was held back",
+              content: { "application/json": { schema: { type: "object" } } },
+            },
+            ...errors,
+          },
+        },
+      },
       "/metrics": {
         get: {
           summary:

@@ -3,7 +3,7 @@
 // their Static<> types, so the three cannot drift apart.
 
 import { type Static, Type } from "@sinclair/typebox";
-import { CpuList, DomainSpec, Size } from "../domain/spec.js";
+import { CpuList, DomainSpec, IoLimits, NetLimits, Size } from "../domain/spec.js";
 
 export { DomainSpec };
 
@@ -155,16 +155,18 @@ export const ScheduleRequest = Type.Object(
 export type ScheduleRequest = Static<typeof ScheduleRequest>;
 
 /** A disk's I/O limits (the domain spec's disks[].limits); {} removes them. */
-export const DiskLimitsRequest = Type.Object(
-  {
-    bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
-    bandwidthBurst: Type.Optional(Type.Integer({ minimum: 1 })),
-    ops: Type.Optional(Type.Integer({ minimum: 1, description: "requests per second" })),
-    opsBurst: Type.Optional(Type.Integer({ minimum: 1 })),
-  },
-  { additionalProperties: false, $id: "DiskLimitsRequest" },
-);
+export const DiskLimitsRequest = Type.Composite([IoLimits], {
+  additionalProperties: false,
+  $id: "DiskLimitsRequest",
+});
 export type DiskLimitsRequest = Static<typeof DiskLimitsRequest>;
+
+/** A network device's limits each way (nets[].limits); {} removes them. */
+export const NetLimitsRequest = Type.Composite([NetLimits], {
+  additionalProperties: false,
+  $id: "NetLimitsRequest",
+});
+export type NetLimitsRequest = Static<typeof NetLimitsRequest>;
 
 export const VersionInfo = Type.Object(
   {
@@ -196,5 +198,6 @@ export const SCHEMAS = [
   PinRequest,
   ScheduleRequest,
   DiskLimitsRequest,
+  NetLimitsRequest,
   VersionInfo,
 ] as const;

@@ -21,6 +21,7 @@ import {
   type DomainEvent,
   type ErrorBody,
   MemoryRequest,
+  NetLimitsRequest,
   PinRequest,
   ScheduleRequest,
   ShutdownRequest,
@@ -160,6 +161,12 @@ export function createApp(daemon: Daemon, opts: { tokens?: readonly string[] } =
     const body = checked(DiskLimitsRequest, await readJson(c, true)) as DiskLimitsRequest;
     const empty = Object.keys(body).length === 0;
     const result = await d.setDiskLimits(Number(c.req.param("index")), empty ? null : body);
+    return c.json(result as Record<string, unknown>);
+  });
+  app.put("/v1/domains/:name/nets/:index/limits", async (c) => {
+    const d = daemon.get(c.req.param("name"));
+    const body = checked(NetLimitsRequest, await readJson(c, true)) as NetLimitsRequest;
+    const result = await d.setNetLimits(Number(c.req.param("index")), body);
     return c.json(result as Record<string, unknown>);
   });
   app.get("/v1/domains/:name/memory", async (c) => {

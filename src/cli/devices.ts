@@ -6,7 +6,7 @@
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
-import { VirtioNet } from "../devices/virtio/net/mod.js";
+import { type NetLimits, VirtioNet } from "../devices/virtio/net/mod.js";
 import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import { VirtioRng } from "../devices/virtio/rng/mod.js";
 import { VirtioVsock, validGuestCid } from "../devices/virtio/vsock/mod.js";
@@ -32,35 +32,54 @@ function parseRate(flag: string, key: string, value: string): number {
   return n;
 }
 
+/**
+ * One limit option (`bw=`, `bw_burst=`, and `iops=`/`pps=` with their `_burst`) into
+ * `limits`; false when `key` is not one. `ops` names the operations key: iops for disks,
+ * pps (frames) for networks.
+ */
+function limitOption(
+  flag: string,
+  limits: LimitConfig,
+  ops: "iops" | "pps",
+  key: string,
+  value: string,
+): boolean {
+  if (key !== "bw" && key !== "bw_burst" && key !== ops && key !== `${ops}_burst`) return false;
+  const n = parseRate(flag, key, value);
+  if (key === "bw") limits.bandwidth = { ...limits.bandwidth, rate: n };
+  else if (key === ops) limits.ops = { ...limits.ops, rate: n };
+  else if (key === "bw_burst") limits.bandwidth = { rate: limits.bandwidth?.rate ?? 0, burst: n };
+  else limits.ops = { rate: limits.ops?.rate ?? 0, burst: n };
+  return true;
+}
+
+/** A burst without its rate is a mistake: name the rate that is missing. */
+function checkBursts(flag: string, limits: LimitConfig | undefined, prefix: string, ops: string) {
+  if (limits?.bandwidth && !(limits.bandwidth.rate > 0))
+    throw new UsageError(`${flag}: a burst needs ${prefix}bw= as well`);
+  if (limits?.ops && !(limits.ops.rate > 0))
+    throw new UsageError(`${flag}: a burst needs ${prefix}${ops}= as well`);
+}
+
 /** Parse one --disk value. */
 export function parseDisk(text: string): DiskSpec {
   const [path, ...opts] = text.split(",");
   if (!path) throw new UsageError(`--disk: "${text}" has no path`);
   const spec: DiskSpec = { path, readOnly: false };
+  const flag = `--disk ${text}`;
+  const limits: LimitConfig = {};
   for (const opt of opts) {
+    const [key = "", value = ""] = opt.split("=", 2);
     if (opt === "ro") spec.readOnly = true;
     else if (opt === "rw") spec.readOnly = false;
     else if (opt.startsWith("serial=")) spec.serial = opt.slice("serial=".length);
-    else if (/^(bw|iops|bw_burst|iops_burst)=/.test(opt)) {
-      const [key = "", value = ""] = opt.split("=", 2);
-      const n = parseRate(`--disk ${text}`, key, value);
-      if (!spec.limits) spec.limits = {};
-      const limits = spec.limits;
-      if (key === "bw") limits.bandwidth = { ...limits.bandwidth, rate: n };
-      if (key === "iops") limits.ops = { ...limits.ops, rate: n };
-      if (key === "bw_burst") limits.bandwidth = { rate: limits.bandwidth?.rate ?? 0, burst: n };
-      if (key === "iops_burst") limits.ops = { rate: limits.ops?.rate ?? 0, burst: n };
-    } else
+    else if (!limitOption(flag, limits, "iops", key, value))
       throw new UsageError(
-        `--disk ${text}: unknown option "${opt}" (known: ro, rw, serial=S, bw=RATE, iops=N, bw_burst=, iops_burst=)`,
+        `${flag}: unknown option "${opt}" (known: ro, rw, serial=S, bw=RATE, iops=N, bw_burst=, iops_burst=)`,
       );
   }
-  for (const [key, b] of [
-    ["bw", spec.limits?.bandwidth],
-    ["iops", spec.limits?.ops],
-  ] as const) {
-    if (b && !(b.rate > 0)) throw new UsageError(`--disk ${text}: a burst needs ${key}= as well`);
-  }
+  if (Object.keys(limits).length > 0) spec.limits = limits;
+  checkBursts(flag, spec.limits, "", "iops");
   return spec;
 }
 
@@ -69,27 +88,45 @@ export interface NetSpec {
   mac?: string;
   /** Let the kernel's vhost-net worker carry the frames (vhost=on). */
   vhost: boolean;
+  /** What the guest receives (rx) and sends (tx), as Firecracker's rx/tx rate limiters. */
+  limits?: NetLimits;
 }
 
-/** Parse one --net value: tap=NAME[,mac=MAC][,vhost=on|off]. */
+/**
+ * Parse one --net value: tap=NAME[,mac=MAC][,vhost=on|off] and limits each way:
+ * rx_bw=, rx_pps=, tx_bw=, tx_pps= (with _burst forms).
+ */
 export function parseNet(text: string): NetSpec {
   let tap: string | undefined;
   let mac: string | undefined;
   let vhost = false;
+  const flag = `--net ${text}`;
+  const limits: { rx: LimitConfig; tx: LimitConfig } = { rx: {}, tx: {} };
   for (const opt of text.split(",")) {
-    const [key, value] = opt.split("=", 2);
+    const [key = "", value = ""] = opt.split("=", 2);
+    const dir = /^(rx|tx)_(.*)$/.exec(key);
     if (key === "tap" && value) tap = value;
     else if (key === "mac" && value) mac = value;
     else if (key === "vhost" && (value === "on" || value === "off")) vhost = value === "on";
-    else
+    else if (!(dir && limitOption(flag, limits[dir[1] as "rx" | "tx"], "pps", dir[2] ?? "", value)))
       throw new UsageError(
-        `--net ${text}: unknown option "${opt}" (known: tap=NAME, mac=MAC, vhost=on|off)`,
+        `${flag}: unknown option "${opt}" (known: tap=NAME, mac=MAC, vhost=on|off, rx_bw=RATE, rx_pps=N, tx_bw=RATE, tx_pps=N, and their _burst=)`,
       );
   }
-  if (!tap) throw new UsageError(`--net ${text}: tap=NAME is required`);
+  if (!tap) throw new UsageError(`${flag}: tap=NAME is required`);
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(tap))
-    throw new UsageError(`--net ${text}: "${tap}" is not a valid interface name`);
-  return { tap, vhost, ...(mac !== undefined ? { mac } : {}) };
+    throw new UsageError(`${flag}: "${tap}" is not a valid interface name`);
+  checkBursts(flag, limits.rx, "rx_", "pps");
+  checkBursts(flag, limits.tx, "tx_", "pps");
+  const net: NetLimits = {};
+  if (Object.keys(limits.rx).length) net.rx = limits.rx;
+  if (Object.keys(limits.tx).length) net.tx = limits.tx;
+  const limited = net.rx !== undefined || net.tx !== undefined;
+  if (limited && vhost)
+    throw new UsageError(
+      `${flag}: rate limits need vhost=off (with vhost-net the kernel moves the frames, past the VMM)`,
+    );
+  return { tap, vhost, ...(mac !== undefined ? { mac } : {}), ...(limited ? { limits: net } : {}) };
 }
 
 export interface VsockSpec {
@@ -169,6 +206,7 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
           watch: (fd, onReady) => watcher.addFd(fd, onReady),
           unwatch: (fd) => watcher.removeFd(fd),
           ...(spec.mac !== undefined ? { mac: spec.mac } : {}),
+          ...(spec.limits ? { limits: spec.limits } : {}),
           ...(spec.vhost
             ? {
                 vhost: openVhostNet(flags.vhostNetPath ?? VHOST_NET_PATH),

@@ -40,6 +40,23 @@ test("--net takes tap=NAME with mac and vhost=on|off", () => {
   assert.throws(() => parseNet("tap=a/b"), /not a valid interface name/);
 });
 
+test("--disk and --net take rate limits with bursts; a burst alone or a bad rate is refused", () => {
+  assert.deepEqual(parseDisk("/a.img,bw=10M,bw_burst=1M,iops=100").limits, {
+    bandwidth: { rate: 10 * 2 ** 20, burst: 2 ** 20 },
+    ops: { rate: 100 },
+  });
+  assert.deepEqual(parseNet("tap=t0,rx_bw=1M,tx_pps=500,tx_pps_burst=50").limits, {
+    rx: { bandwidth: { rate: 2 ** 20 } },
+    tx: { ops: { rate: 500, burst: 50 } },
+  });
+  assert.equal(parseNet("tap=t0").limits, undefined);
+  assert.throws(() => parseDisk("/a.img,iops_burst=5"), /a burst needs iops= as well/);
+  assert.throws(() => parseNet("tap=t0,tx_bw_burst=5"), /a burst needs tx_bw= as well/);
+  assert.throws(() => parseNet("tap=t0,rx_bw=fast"), /rx_bw=fast|bw=fast is not a positive rate/);
+  assert.throws(() => parseNet("tap=t0,rx_iops=5"), /unknown option "rx_iops=5"/);
+  assert.throws(() => parseNet("tap=t0,vhost=on,tx_bw=1M"), /rate limits need vhost=off/);
+});
+
 test("vhost=on without vhost-net is one line naming the flag, before any TAP is made", async () => {
   const w = new FdWatcher();
   const flags = {

@@ -247,27 +247,31 @@ export async function vcpuPinCommand(name: string, vcpu: string, cpus: string, f
 
 export async function limitCommand(
   name: string,
-  disk: string,
+  device: string,
   flags: NameFlags & {
     bandwidth?: string;
     ops?: string;
     bandwidthBurst?: string;
     opsBurst?: string;
     none?: boolean;
+    rx?: boolean;
+    tx?: boolean;
   },
 ) {
-  const m = /^(?:vd([a-z])|(\d+))$/.exec(disk);
-  if (!m) throw new UsageError(`device: "${disk}" is not a disk (vda, vdb, ... or 0, 1, ...)`);
-  const index = m[1] ? m[1].charCodeAt(0) - 97 : Number(m[2]);
-  const rate = (flag: string, v: string | undefined) => {
-    if (v === undefined) return undefined;
+  const disk = /^(?:vd([a-z])|(\d+))$/.exec(device);
+  const net = /^net(\d+)$/.exec(device);
+  if (!disk && !net)
+    throw new UsageError(
+      `device: "${device}" is not a disk (vda, vdb, ... or 0, 1, ...) or a network device (net0, net1, ...)`,
+    );
+  const rate = (flag: string, v: string): number => {
     const r = /^(\d+)([KMG]?)$/i.exec(v);
     const scale: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
     const n = r ? Number(r[1]) * (scale[(r[2] ?? "").toLowerCase()] ?? 1) : 0;
     if (!(n >= 1)) throw new UsageError(`--${flag}: "${v}" is not a positive rate (e.g. 10M)`);
     return n;
   };
-  const limits = flags.none
+  const limits: Record<string, number> = flags.none
     ? {}
     : {
         ...(flags.bandwidth ? { bandwidth: rate("bandwidth", flags.bandwidth) } : {}),
@@ -279,10 +283,24 @@ export async function limitCommand(
       };
   if (!flags.none && Object.keys(limits).length === 0)
     throw new UsageError("limit: give --bandwidth and/or --ops (or --none)");
-  const r = await api(
-    clientFor(flags).setDiskLimits(name, index, limits as Record<string, number>),
-  );
-  out(flags.json, r, `Domain ${name}: disk ${disk} limits ${JSON.stringify(r)}\n`);
+  const client = clientFor(flags);
+  if (net) {
+    // Both directions unless one is named; --none removes both.
+    const both = !flags.rx && !flags.tx;
+    const body = flags.none
+      ? {}
+      : {
+          ...(flags.rx || both ? { rx: limits } : {}),
+          ...(flags.tx || both ? { tx: limits } : {}),
+        };
+    const r = await api(client.setNetLimits(name, Number(net[1]), body));
+    out(flags.json, r, `Domain ${name}: ${device} limits ${JSON.stringify(r)}\n`);
+    return 0;
+  }
+  if (flags.rx || flags.tx) throw new UsageError("--rx/--tx: only network devices have directions");
+  const index = disk?.[1] ? disk[1].charCodeAt(0) - 97 : Number(disk?.[2]);
+  const r = await api(client.setDiskLimits(name, index, limits));
+  out(flags.json, r, `Domain ${name}: disk ${device} limits ${JSON.stringify(r)}\n`);
   return 0;
 }
 

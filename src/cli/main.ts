@@ -216,13 +216,15 @@ daemonCommand("vcpu-pin", "pin a vCPU of a running domain to host CPUs (xl vcpu-
   .action(async (domain: string, vcpu: string, cpus: string, opts) => {
     exitCode = await (await domainsModule()).vcpuPinCommand(domain, vcpu, cpus, opts);
   });
-daemonCommand("limit", "set a disk's I/O limits at runtime (token buckets)")
+daemonCommand("limit", "set a disk's or network device's I/O limits at runtime (token buckets)")
   .argument("<domain>")
-  .argument("<disk>", "vda, vdb, ... or 0, 1, ...")
+  .argument("<device>", "a disk: vda, vdb, ... or 0, 1, ...; a network device: net0, net1, ...")
   .option("--bandwidth <rate>", "bytes per second, e.g. 10M")
   .option("--bandwidth-burst <bytes>", "bucket size for bandwidth (default one second's worth)")
-  .option("--ops <n>", "requests per second")
-  .option("--ops-burst <n>", "bucket size for requests")
+  .option("--ops <n>", "requests (disk) or frames (network) per second")
+  .option("--ops-burst <n>", "bucket size for operations")
+  .option("--rx", "network: limit only what the guest receives")
+  .option("--tx", "network: limit only what the guest sends")
   .option("--none", "remove the limits")
   .action(async (domain: string, disk: string, opts) => {
     exitCode = await (await domainsModule()).limitCommand(domain, disk, opts);

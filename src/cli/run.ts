@@ -6,7 +6,7 @@ import { isElf, KernelImageError, parseBzImage, parseElf } from "../arch/x86/mod
 import { VirtioBalloon } from "../devices/virtio/balloon/mod.js";
 import { VirtioBlock } from "../devices/virtio/block/mod.js";
 import { VirtioConsole } from "../devices/virtio/console/mod.js";
-import { VirtioNet } from "../devices/virtio/net/mod.js";
+import { type NetLimits, VirtioNet } from "../devices/virtio/net/mod.js";
 import type { LimitConfig } from "../devices/virtio/rate_limiter.js";
 import {
   FdWatcher,
@@ -375,19 +375,33 @@ function controlHandlers(
     "power-button": () => vm.pressPowerButton(),
     stop: () => vm.end({ kind: "stopped", reason: "stop requested on the control socket" }),
     ...balloonHandlers(devices),
-    /** {"op":"limit","device":"virtio-blk0","limits":{...}}: replace a disk's rate limits. */
+    /**
+     * {"op":"limit","device":"virtio-blk0","limits":{bandwidth?,ops?}} replaces a disk's rate
+     * limits; for "virtio-netN" the limits are {rx?:{...},tx?:{...}}.
+     */
     limit: (args) => {
-      const disk = devices.find(
-        (d): d is VirtioBlock => d instanceof VirtioBlock && d.name === args.device,
+      const dev = devices.find(
+        (d): d is VirtioBlock | VirtioNet =>
+          (d instanceof VirtioBlock || d instanceof VirtioNet) && d.name === args.device,
       );
-      if (!disk) throw new Error(`no disk named ${String(args.device)}`);
-      disk.setLimits((args.limits ?? {}) as LimitConfig);
-      return disk.limits();
+      if (!dev) throw new Error(`no disk or network device named ${String(args.device)}`);
+      if (dev instanceof VirtioNet) {
+        dev.setLimits((args.limits ?? {}) as NetLimits);
+        return dev.limits();
+      }
+      dev.setLimits((args.limits ?? {}) as LimitConfig);
+      return dev.limits();
     },
+    /** Every limited kind of device: its limits and the time it was held back. */
     limits: () =>
-      devices
-        .filter((d): d is VirtioBlock => d instanceof VirtioBlock)
-        .map((d) => ({ device: d.name, ...d.limits() })),
+      devices.flatMap((d): { device: string; throttledMs: number }[] => {
+        if (d instanceof VirtioBlock) return [{ device: d.name, ...d.limits() }];
+        if (d instanceof VirtioNet) {
+          const l = d.limits();
+          return [{ device: d.name, throttledMs: l.rx.throttledMs + l.tx.throttledMs, ...l }];
+        }
+        return [];
+      }),
     stats: () => ({ ...vm.stats(), devices: deviceStats(vm, devices) }),
     ...(process.env.VESSEL_TEST_HOOKS === "1" ? testHooks() : {}),
   };

@@ -12,6 +12,7 @@ import type {
   DomainSpec,
   ErrorBody,
   MemoryReport,
+  NetLimitsRequest,
   ScheduleRequest,
   ShutdownRequest,
   VcpuList,
@@ -186,6 +187,14 @@ export class VesselClient {
       `/v1/domains/${encodeURIComponent(name)}/disks/${index}/limits`,
       limits,
     );
+  }
+  /** Replace network device `index`'s limits each way ({} removes them). */
+  setNetLimits(
+    name: string,
+    index: number,
+    limits: NetLimitsRequest,
+  ): Promise<Record<string, unknown>> {
+    return this.call("PUT", `/v1/domains/${encodeURIComponent(name)}/nets/${index}/limits`, limits);
   }
   /** The Prometheus text of /metrics. */
   async metrics(): Promise<string> {

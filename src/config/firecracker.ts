@@ -6,6 +6,7 @@
 // domain name, so it comes from the caller or the file name.
 
 import { basename, extname } from "node:path";
+import type { IoLimits } from "../domain/spec.js";
 import {
   Conversion,
   formatSize,
@@ -235,14 +236,46 @@ function drives(
         `${key}.io_engine`,
         `"Async" (io_uring) is not used; Vessel does block I/O on a thread pool`,
       );
-    if (d.present("rate_limiter"))
-      c.warn(`${key}.rate_limiter`, "rate limiting is not supported by Vessel yet; ignored");
+    const limits = rateLimiter(c, d.object("rate_limiter"));
     d.warnUnread(() => "not a Firecracker drive key; ignored");
     c.origin(`disks/${out.length}`, key);
-    out.push({ path: c.path(path), ...(readOnly ? { readOnly: true } : {}) });
+    out.push({
+      path: c.path(path),
+      ...(readOnly ? { readOnly: true } : {}),
+      ...(limits ? { limits } : {}),
+    });
   }
   if (out.length > 0) spec.disks = out;
   return { rootArgs };
+}
+
+/**
+ * Firecracker's rate_limiter: for bandwidth (bytes) and ops, a bucket of `size` that refills
+ * fully every `refill_time` ms, that is size/refill_time per millisecond with a burst of size.
+ * `one_time_burst` (extra credit at start only) has no counterpart and is named.
+ */
+function rateLimiter(c: Conversion, limiter: Obj | undefined): IoLimits | undefined {
+  if (!limiter) return undefined;
+  const out: IoLimits = {};
+  for (const [name, rate, burst] of [
+    ["bandwidth", "bandwidth", "bandwidthBurst"],
+    ["ops", "ops", "opsBurst"],
+  ] as const) {
+    const bucket = limiter.object(name);
+    if (!bucket) continue;
+    const size = bucket.integer("size");
+    const refill = bucket.integer("refill_time");
+    if (size === undefined || size === 0) c.fail(`${bucket.key}.size`, "required (above 0)");
+    if (refill === undefined || refill === 0)
+      c.fail(`${bucket.key}.refill_time`, "required (milliseconds, above 0)");
+    if (bucket.integer("one_time_burst"))
+      c.warn(`${bucket.key}.one_time_burst`, "an initial extra credit is not honoured; ignored");
+    bucket.warnUnread(() => "not a token bucket key; ignored");
+    out[rate] = Math.max(1, Math.round((size * 1000) / refill));
+    out[burst] = size;
+  }
+  limiter.warnUnread(() => "not a rate limiter key; ignored");
+  return out.bandwidth !== undefined || out.ops !== undefined ? out : undefined;
 }
 
 function nets(c: Conversion, root: Obj, spec: Record<string, unknown>): void {
@@ -252,9 +285,8 @@ function nets(c: Conversion, root: Obj, spec: Record<string, unknown>): void {
     if (tap === undefined) c.fail(`${nic.key}.host_dev_name`, "required");
     nic.string("iface_id");
     const mac = nic.string("guest_mac");
-    for (const limiter of ["rx_rate_limiter", "tx_rate_limiter"])
-      if (nic.present(limiter))
-        c.warn(`${nic.key}.${limiter}`, "rate limiting is not supported by Vessel yet; ignored");
+    const rx = rateLimiter(c, nic.object("rx_rate_limiter"));
+    const tx = rateLimiter(c, nic.object("tx_rate_limiter"));
     if (nic.present("mtu"))
       c.warn(`${nic.key}.mtu`, "Vessel does not advertise an MTU to the guest; ignored");
     nic.warnUnread(() => "not a Firecracker network-interfaces key; ignored");
@@ -262,6 +294,7 @@ function nets(c: Conversion, root: Obj, spec: Record<string, unknown>): void {
     out.push({
       tap,
       ...(mac !== undefined ? { mac: macAddress(c, `${nic.key}.guest_mac`, mac) } : {}),
+      ...(rx || tx ? { limits: { ...(rx ? { rx } : {}), ...(tx ? { tx } : {}) } } : {}),
     });
   }
   if (out.length > 0) spec.nets = out;

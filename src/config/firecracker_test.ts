@@ -115,7 +115,6 @@ test("vsock, balloon and entropy, with what Vessel does not honour named", () =>
       {
         iface_id: "eth0",
         host_dev_name: "tap0",
-        rx_rate_limiter: { ops: { size: 1, refill_time: 1 } },
         mtu: 9000,
       },
     ],
@@ -131,7 +130,6 @@ test("vsock, balloon and entropy, with what Vessel does not honour named", () =>
     /^firecracker: balloon\.deflate_on_oom: /,
     /^firecracker: balloon\.stats_polling_interval_s: /,
     /^firecracker: entropy\.rate_limiter: rate limiting is not supported/,
-    /^firecracker: network-interfaces\[0\]\.rx_rate_limiter: /,
     /^firecracker: network-interfaces\[0\]\.mtu: /,
     /^firecracker: machine: not a Firecracker config key; ignored$/,
   ])
@@ -139,6 +137,49 @@ test("vsock, balloon and entropy, with what Vessel does not honour named", () =>
   assert.throws(
     () => convert({ vsock: { guest_cid: 2, uds_path: "/v" } }),
     /^ImportError: firecracker: vsock: /,
+  );
+});
+
+test("rate limiters: size per refill_time becomes a rate with size as its burst", () => {
+  const bucket = (size: number, refill: number) => ({ size, refill_time: refill });
+  const { spec, warnings } = convert({
+    drives: [
+      {
+        drive_id: "rootfs",
+        path_on_host: "/r.img",
+        is_root_device: true,
+        is_read_only: false,
+        rate_limiter: { bandwidth: bucket(10485760, 1000), ops: bucket(100, 100) },
+      },
+    ],
+    "network-interfaces": [
+      {
+        iface_id: "eth0",
+        host_dev_name: "tap0",
+        rx_rate_limiter: { bandwidth: { ...bucket(2000000, 500), one_time_burst: 9 } },
+        tx_rate_limiter: { ops: bucket(1000, 1000) },
+      },
+    ],
+  });
+  assert.deepEqual(spec.disks?.[0]?.limits, {
+    bandwidth: 10485760,
+    bandwidthBurst: 10485760,
+    ops: 1000,
+    opsBurst: 100,
+  });
+  assert.deepEqual(spec.nets?.[0]?.limits, {
+    rx: { bandwidth: 4000000, bandwidthBurst: 2000000 },
+    tx: { ops: 1000, opsBurst: 1000 },
+  });
+  has(warnings, /rx_rate_limiter\.bandwidth\.one_time_burst: an initial extra credit/);
+  assert.throws(
+    () =>
+      convert({
+        "network-interfaces": [
+          { host_dev_name: "t", tx_rate_limiter: { bandwidth: { size: 10, refill_time: 0 } } },
+        ],
+      }),
+    /network-interfaces\[0\]\.tx_rate_limiter\.bandwidth\.refill_time: required/,
   );
 });
 

@@ -5,6 +5,7 @@
 // details and are passed over quietly, as are the descriptive title, description, metadata.
 
 import { XMLParser, XMLValidator } from "fast-xml-parser";
+import type { IoLimits, NetLimits } from "../domain/spec.js";
 import {
   Conversion,
   formatSize,
@@ -345,6 +346,7 @@ function disks(c: Conversion, r: Reader, devices: XNode, spec: Record<string, un
     const backing = disk.children.find((n) => n.name === "backingStore");
     if (backing && backing.children.length === 0) r.use(backing);
 
+    const limits = iotune(c, r, disk);
     const resolved = c.path(path);
     if (type === "block") warnIfBlockDevice(c, disk.key, resolved);
     c.origin(`disks/${out.length}`, disk.key);
@@ -354,11 +356,86 @@ function disks(c: Conversion, r: Reader, devices: XNode, spec: Record<string, un
       path: resolved,
       ...(readOnly ? { readOnly: true } : {}),
       ...(serial ? { serial: serial.text } : {}),
+      ...(limits ? { limits } : {}),
     });
   }
   if (out.length > 0) spec.disks = out;
   const renamed = renameGuestDisks(c, "os/cmdline", spec.cmdline as string | undefined, names);
   if (renamed !== undefined) spec.cmdline = renamed;
+}
+
+/** A whole number of an element's text or attribute, or a failure naming it. */
+function count(c: Conversion, key: string, text: string): number {
+  const n = Number(text.trim());
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n))
+    c.fail(key, `"${text}" is not a whole number`);
+  return n;
+}
+
+/**
+ * A disk's <iotune> (QEMU's throttling, as libvirt passes it): the total_* limits become
+ * Vessel's bucket; *_max is a burst rate held for *_max_length seconds (default 1), so the
+ * burst is their product. Vessel has one bucket per disk, so the read and write limits are named.
+ */
+function iotune(c: Conversion, r: Reader, disk: XNode): IoLimits | undefined {
+  const tune = r.one(disk, "iotune");
+  if (!tune) return undefined;
+  const value = new Map<string, number>();
+  for (const child of tune.children) {
+    r.use(child);
+    const v = count(c, child.key, child.text);
+    if (/^(total_bytes_sec|total_iops_sec)(_max(_length)?)?$/.test(child.name))
+      value.set(child.name, v);
+    else if (v !== 0)
+      c.warn(
+        child.key,
+        `${child.name} is not honoured: Vessel limits a disk's total (total_bytes_sec, total_iops_sec); ignored`,
+      );
+  }
+  const out: IoLimits = {};
+  for (const [kind, rate, burst] of [
+    ["total_bytes_sec", "bandwidth", "bandwidthBurst"],
+    ["total_iops_sec", "ops", "opsBurst"],
+  ] as const) {
+    const avg = value.get(kind);
+    if (!avg) continue;
+    out[rate] = avg;
+    const max = value.get(`${kind}_max`);
+    if (max) out[burst] = max * (value.get(`${kind}_max_length`) || 1);
+  }
+  return out.bandwidth !== undefined || out.ops !== undefined ? out : undefined;
+}
+
+/**
+ * An interface's <bandwidth>: inbound is what the domain receives (rx), outbound what it
+ * sends (tx); average is KiB/s and burst KiB. peak and floor need a shaper Vessel lacks.
+ */
+function bandwidth(c: Conversion, r: Reader, nic: XNode): NetLimits | undefined {
+  const bw = r.one(nic, "bandwidth");
+  if (!bw) return undefined;
+  const out: NetLimits = {};
+  for (const [name, dir] of [
+    ["inbound", "rx"],
+    ["outbound", "tx"],
+  ] as const) {
+    const el = r.one(bw, name);
+    if (!el) continue;
+    for (const attr of Object.keys(el.attrs))
+      if (attr !== "average" && attr !== "burst")
+        c.warn(
+          `${el.key}/@${attr}`,
+          "not honoured (Vessel has a token bucket, no shaper); ignored",
+        );
+    if (el.attrs.average === undefined) continue;
+    const avg = count(c, `${el.key}/@average`, el.attrs.average);
+    if (avg === 0) continue;
+    const burst = el.attrs.burst;
+    out[dir] = {
+      bandwidth: avg * 1024,
+      ...(burst ? { bandwidthBurst: count(c, `${el.key}/@burst`, burst) * 1024 } : {}),
+    };
+  }
+  return out.rx || out.tx ? out : undefined;
 }
 
 function interfaces(
@@ -393,8 +470,13 @@ function interfaces(
     const model = r.one(nic, "model")?.attrs.type;
     if (model !== undefined && model !== "virtio")
       c.warn(`${nic.key}/model`, `"${model}" is not honoured (Vessel's NIC is virtio-net)`);
+    const limits = bandwidth(c, r, nic);
     c.origin(`nets/${out.length}`, nic.key);
-    out.push({ tap, ...(mac !== undefined ? { mac: macAddress(c, `${nic.key}/mac`, mac) } : {}) });
+    out.push({
+      tap,
+      ...(mac !== undefined ? { mac: macAddress(c, `${nic.key}/mac`, mac) } : {}),
+      ...(limits ? { limits } : {}),
+    });
   }
   if (out.length > 0) spec.nets = out;
 }

@@ -254,6 +254,36 @@ test("interfaces: TAP types carry over, the rest is refused", () => {
   );
 });
 
+test("disk <iotune> and interface <bandwidth> become I/O limits; what has no counterpart is named", () => {
+  const { spec, warnings } = importLibvirtXml(
+    domain(`<devices>
+      <disk type='file' device='disk'><source file='/d.img'/><target dev='vda' bus='virtio'/>
+        <iotune><total_bytes_sec>10000000</total_bytes_sec><total_iops_sec>400</total_iops_sec>
+          <total_iops_sec_max>2000</total_iops_sec_max><total_iops_sec_max_length>3</total_iops_sec_max_length>
+          <read_bytes_sec>5000</read_bytes_sec></iotune>
+      </disk>
+      <interface type='ethernet'><target dev='tap9'/>
+        <bandwidth><inbound average='1000' peak='5000' burst='1024'/><outbound average='128'/></bandwidth>
+      </interface></devices>`),
+  );
+  assert.deepEqual(spec.disks?.[0]?.limits, { bandwidth: 10000000, ops: 400, opsBurst: 6000 });
+  assert.deepEqual(spec.nets?.[0]?.limits, {
+    rx: { bandwidth: 1024000, bandwidthBurst: 1048576 },
+    tx: { bandwidth: 131072 },
+  });
+  has(warnings, /iotune\/read_bytes_sec: read_bytes_sec is not honoured/);
+  has(warnings, /bandwidth\/inbound\/@peak: not honoured/);
+  assert.throws(
+    () =>
+      importLibvirtXml(
+        domain(
+          "<devices><disk type='file'><source file='/d'/><iotune><total_bytes_sec>x</total_bytes_sec></iotune></disk></devices>",
+        ),
+      ),
+    /iotune\/total_bytes_sec: "x" is not a whole number/,
+  );
+});
+
 test("consoles: the first <console> decides; pty serial is COM1", () => {
   // The pair virsh dumpxml prints for a pty serial console, target models and all.
   const dumped = importLibvirtXml(

@@ -55,7 +55,7 @@ const XL_KEYS_HANDLED = new Set(
 
 /** xl's network keys that only configure Xen's backend or hotplug scripts. */
 const VIF_KEYS_IGNORED = new Set(
-  "ip script backend gatewaydev netdev rate devid mtu vlan accel forwarddev".split(" "),
+  "ip script backend gatewaydev netdev devid mtu vlan accel forwarddev".split(" "),
 );
 
 type Settings = Map<string, XlValue>;
@@ -375,6 +375,29 @@ function disks(c: Conversion, xl: XlReader, spec: Record<string, unknown>): void
   if (renamed !== undefined) spec.cmdline = renamed;
 }
 
+/**
+ * xl-network-configuration's rate=RATE/s[@INTERVAL]: RATE in bytes (B, KB, MB, GB) or bits
+ * (b, Kb, Mb, Gb), decimal as libxl reads them; INTERVAL (us, ms, s; default 50ms) is how
+ * often the credit is refilled, so one interval's worth is the burst.
+ */
+export function vifRate(
+  c: Conversion,
+  key: string,
+  text: string,
+): { bandwidth: number; bandwidthBurst: number } {
+  const m = /^(\d+)([KMG]?)([Bb])\/s(?:@(\d+)(us|ms|s)?)?$/.exec(text.trim());
+  if (!m) c.fail(key, `"${text}" is not a rate like 10MB/s or 100Mb/s@20ms`);
+  const scale = { "": 1, K: 1e3, M: 1e6, G: 1e9 }[m[2] as "" | "K" | "M" | "G"];
+  const bytes = (Number(m[1]) * scale) / (m[3] === "b" ? 8 : 1);
+  const unit = { us: 1e-6, ms: 1e-3, s: 1 }[(m[5] ?? "us") as "us" | "ms" | "s"];
+  const interval = m[4] === undefined ? 0.05 : Number(m[4]) * unit;
+  if (!(bytes >= 1) || !(interval > 0)) c.fail(key, `"${text}" is not a positive rate`);
+  return {
+    bandwidth: Math.round(bytes),
+    bandwidthBurst: Math.max(1, Math.round(bytes * interval)),
+  };
+}
+
 function nets(c: Conversion, xl: XlReader, spec: Record<string, unknown>, name: string): void {
   const specs = xl.strings("vif");
   if (specs === undefined) return;
@@ -384,8 +407,10 @@ function nets(c: Conversion, xl: XlReader, spec: Record<string, unknown>, name: 
     let tap: string | undefined;
     let mac: string | undefined;
     let bridge: string | undefined;
+    let rate: { bandwidth: number; bandwidthBurst: number } | undefined;
     for (const [k, v] of parseVifSpec(text)) {
       if (k === "vifname" && v) tap = v;
+      else if (k === "rate") rate = vifRate(c, `${key}.rate`, v ?? "");
       else if (k === "mac" && v !== undefined) mac = macAddress(c, key, v);
       else if (k === "bridge" && v !== undefined) bridge = v;
       else if (k === "type" && v === "vif") continue;
@@ -409,7 +434,13 @@ function nets(c: Conversion, xl: XlReader, spec: Record<string, unknown>, name: 
         `bridge=${bridge}: Vessel does not bridge; add TAP "${tap}" to ${bridge} yourself`,
       );
     c.origin(`nets/${out.length}`, key);
-    out.push({ tap, ...(mac !== undefined ? { mac } : {}) });
+    if (rate) c.origin(`nets/${out.length}/limits/tx`, `${key}.rate`);
+    out.push({
+      tap,
+      ...(mac !== undefined ? { mac } : {}),
+      // xl's rate limits what the guest sends (netback's transmit credit).
+      ...(rate ? { limits: { tx: rate } } : {}),
+    });
   });
   if (out.length > 0) spec.nets = out;
 }

@@ -180,9 +180,25 @@ test("xl-network-configuration(5) examples", () => {
   const named = importXlCfg(
     pvh("vif = [ 'vifname=vm0,ip=10.0.0.2,script=vif-route,rate=10Mb/s' ]"),
   );
-  assert.deepEqual(named.spec.nets, [{ tap: "vm0" }]);
-  for (const key of ["ip", "script", "rate"])
-    has(named.warnings, new RegExp(`vif\\[0\\]: ${key}=`));
+  // rate limits what the guest sends; 10 Mbit/s refilled every 50 ms (the default).
+  assert.deepEqual(named.spec.nets, [
+    { tap: "vm0", limits: { tx: { bandwidth: 1250000, bandwidthBurst: 62500 } } },
+  ]);
+  for (const key of ["ip", "script"]) has(named.warnings, new RegExp(`vif\\[0\\]: ${key}=`));
+  const rated = importXlCfg(
+    pvh("vif = [ 'vifname=v1,rate=5MB/s@20ms', 'vifname=v2,rate=100KB/s@1s' ]"),
+  );
+  assert.deepEqual(
+    rated.spec.nets?.map((n) => n.limits?.tx),
+    [
+      { bandwidth: 5000000, bandwidthBurst: 100000 },
+      { bandwidth: 100000, bandwidthBurst: 100000 },
+    ],
+  );
+  assert.throws(
+    () => importXlCfg(pvh("vif = [ 'vifname=v1,rate=fast' ]")),
+    /^ImportError: xl\.cfg: vif\[0\]\.rate: "fast" is not a rate like 10MB\/s/,
+  );
   assert.throws(
     () => importXlCfg(pvh("vif = [ 'mac=00:16:3e' ]")),
     /^ImportError: xl\.cfg: vif\[0\]: "00:16:3e" is not a MAC address/,

@@ -25,7 +25,15 @@ import {
 } from "node:fs";
 import { dirname } from "node:path";
 import type { DomainEvent, DomainInfo, DomainState } from "../api/schemas.js";
-import { type DomainSpec, expandCpuList, sizeBytes, withDefaults } from "../domain/spec.js";
+import {
+  bucketsFor,
+  type DomainSpec,
+  expandCpuList,
+  type IoLimits,
+  type NetLimits,
+  sizeBytes,
+  withDefaults,
+} from "../domain/spec.js";
 import { libc } from "../host/mod.js";
 import { writeFileAtomic } from "../vmm/atomic_file.js";
 import { ControlClient } from "../vmm/control.js";
@@ -693,19 +701,7 @@ export class Domain {
       const disk = disks[index];
       if (!Number.isInteger(index) || !disk)
         throw new DomainError("INVALID", `device: ${this.name} has no disk ${index}`);
-      const config = {
-        ...(limits?.bandwidth
-          ? {
-              bandwidth: {
-                rate: limits.bandwidth,
-                ...(limits.bandwidthBurst ? { burst: limits.bandwidthBurst } : {}),
-              },
-            }
-          : {}),
-        ...(limits?.ops
-          ? { ops: { rate: limits.ops, ...(limits.opsBurst ? { burst: limits.opsBurst } : {}) } }
-          : {}),
-      };
+      const config = bucketsFor(limits ?? undefined);
       const result = await live.control.request("limit", {
         device: `virtio-blk${index}`,
         limits: config,
@@ -725,7 +721,39 @@ export class Domain {
     });
   }
 
-  /** Each disk's limits and the time its requests were held back (null when not running). */
+  /** Replace network device `index`'s limits each way at runtime; kept for later starts. */
+  async setNetLimits(index: number, limits: NetLimits | null): Promise<unknown> {
+    return this.exclusive("limit", async () => {
+      const live = this.requireLive("limit its I/O");
+      const net = (live.record.spec.nets ?? [])[index];
+      if (!Number.isInteger(index) || !net)
+        throw new DomainError("INVALID", `device: ${this.name} has no network device ${index}`);
+      const wanted = limits?.rx || limits?.tx ? limits : null;
+      if (wanted && net.vhost)
+        throw new DomainError(
+          "INVALID",
+          `device: net${index} uses vhost-net, which moves frames past the VMM's meters`,
+        );
+      const result = await live.control.request("limit", {
+        device: `virtio-net${index}`,
+        limits: { rx: bucketsFor(wanted?.rx), tx: bucketsFor(wanted?.tx) },
+      });
+      const withLimits = (spec: DomainSpec): DomainSpec => ({
+        ...spec,
+        nets: (spec.nets ?? []).map((n, i) => {
+          if (i !== index) return n;
+          const { limits: _old, ...rest } = n;
+          return wanted ? { ...rest, limits: wanted } : rest;
+        }),
+      });
+      live.record.spec = withLimits(live.record.spec);
+      this.runningSpec = live.record.spec;
+      if (this.definition) this.ctx.saveDefinition(withLimits(this.definition));
+      return result;
+    });
+  }
+
+  /** Each device's limits and the time its requests were held back (null when not running). */
   async diskLimits(): Promise<{ device: string; throttledMs: number }[] | null> {
     if (!this.live) return null;
     return (await this.live.control.request("limits")) as { device: string; throttledMs: number }[];
@@ -779,19 +807,37 @@ export function runFlags(
         d.path,
         ...(d.readOnly ? ["ro"] : []),
         ...(d.serial ? [`serial=${d.serial}`] : []),
-        ...(d.limits?.bandwidth ? [`bw=${d.limits.bandwidth}`] : []),
-        ...(d.limits?.bandwidthBurst ? [`bw_burst=${d.limits.bandwidthBurst}`] : []),
-        ...(d.limits?.ops ? [`iops=${d.limits.ops}`] : []),
-        ...(d.limits?.opsBurst ? [`iops_burst=${d.limits.opsBurst}`] : []),
+        ...limitOptions("", "iops", d.limits),
       ].join(","),
     );
   }
-  for (const n of s.nets) flags.push("--net", `tap=${n.tap}${n.mac ? `,mac=${n.mac}` : ""}`);
+  for (const n of s.nets) {
+    flags.push(
+      "--net",
+      [
+        `tap=${n.tap}`,
+        ...(n.mac ? [`mac=${n.mac}`] : []),
+        ...(n.vhost ? ["vhost=on"] : []),
+        ...limitOptions("rx_", "pps", n.limits?.rx),
+        ...limitOptions("tx_", "pps", n.limits?.tx),
+      ].join(","),
+    );
+  }
   if (s.vsock) flags.push("--vsock", `cid=${s.vsock.cid},uds=${s.vsock.uds}`);
   if (s.rng) flags.push("--rng");
   if (s.balloon) flags.push("--balloon");
   if (slowKvm) flags.push("--slow-kvm");
   return flags;
+}
+
+/** A spec's limits as `vessel run` device options (bw=, iops= or pps=, and the bursts). */
+function limitOptions(prefix: string, ops: string, l: IoLimits | undefined): string[] {
+  return [
+    ...(l?.bandwidth ? [`${prefix}bw=${l.bandwidth}`] : []),
+    ...(l?.bandwidthBurst ? [`${prefix}bw_burst=${l.bandwidthBurst}`] : []),
+    ...(l?.ops ? [`${prefix}${ops}=${l.ops}`] : []),
+    ...(l?.opsBurst ? [`${prefix}${ops}_burst=${l.opsBurst}`] : []),
+  ];
 }
 
 async function waitForVcpuThreads(control: ControlClient, count: number): Promise<number[]> {

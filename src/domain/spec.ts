@@ -23,34 +23,70 @@ export const Size = Type.Union([
 
 export const DOMAIN_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$";
 
+/** Token-bucket I/O limits: bytes per second and operations per second, each with a burst. */
+export const IoLimits = Type.Object(
+  {
+    bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
+    bandwidthBurst: Type.Optional(
+      Type.Integer({ minimum: 1, description: "bucket size in bytes (default one second's)" }),
+    ),
+    ops: Type.Optional(
+      Type.Integer({ minimum: 1, description: "requests (disk) or frames (network) per second" }),
+    ),
+    opsBurst: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+export type IoLimits = Static<typeof IoLimits>;
+
 export const DiskSpec = Type.Object(
   {
     path: Type.String({ minLength: 1, description: "raw image file on the host" }),
     readOnly: Type.Optional(Type.Boolean()),
     serial: Type.Optional(Type.String({ maxLength: 20, description: "virtio-blk serial ID" })),
-    /** I/O limits: bytes per second (with a burst) and requests per second. */
-    limits: Type.Optional(
-      Type.Object(
-        {
-          bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
-          bandwidthBurst: Type.Optional(Type.Integer({ minimum: 1 })),
-          ops: Type.Optional(Type.Integer({ minimum: 1, description: "requests per second" })),
-          opsBurst: Type.Optional(Type.Integer({ minimum: 1 })),
-        },
-        { additionalProperties: false },
-      ),
-    ),
+    limits: Type.Optional(IoLimits),
   },
   { additionalProperties: false },
 );
+
+/** A network device's limits each way: rx is what the guest receives, tx what it sends. */
+export const NetLimits = Type.Object(
+  { rx: Type.Optional(IoLimits), tx: Type.Optional(IoLimits) },
+  { additionalProperties: false },
+);
+export type NetLimits = Static<typeof NetLimits>;
 
 export const NetSpec = Type.Object(
   {
     tap: Type.String({ pattern: "^[A-Za-z0-9_.-]{1,15}$", description: "TAP interface name" }),
     mac: Type.Optional(Type.String({ pattern: "^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$" })),
+    /** The kernel's vhost-net worker carries the frames (needs /dev/vhost-net; no limits). */
+    vhost: Type.Optional(Type.Boolean()),
+    limits: Type.Optional(NetLimits),
   },
   { additionalProperties: false },
 );
+
+/** The I/O limits as the devices' token buckets take them (src/devices/virtio/rate_limiter). */
+export function bucketsFor(limits: IoLimits | undefined): {
+  bandwidth?: { rate: number; burst?: number };
+  ops?: { rate: number; burst?: number };
+} {
+  if (!limits) return {};
+  return {
+    ...(limits.bandwidth
+      ? {
+          bandwidth: {
+            rate: limits.bandwidth,
+            ...(limits.bandwidthBurst ? { burst: limits.bandwidthBurst } : {}),
+          },
+        }
+      : {}),
+    ...(limits.ops
+      ? { ops: { rate: limits.ops, ...(limits.opsBurst ? { burst: limits.opsBurst } : {}) } }
+      : {}),
+  };
+}
 
 /** Host CPUs in Linux cpulist form ("0-3,8", as cpuset.cpus and `taskset -c` take them). */
 export const CpuList = Type.String({
@@ -170,12 +206,31 @@ export function parseDomainSpec(value: unknown): DomainSpec {
     throw new SpecError("maxVcpus", "is below vcpus");
   if (spec.cpus !== undefined) checkCpuList("cpus", spec.cpus);
   if (spec.vmmCpus !== undefined) checkCpuList("vmmCpus", spec.vmmCpus);
+  (spec.disks ?? []).forEach((d, i) => {
+    checkBursts(`disks/${i}/limits`, d.limits);
+  });
+  (spec.nets ?? []).forEach((n, i) => {
+    checkBursts(`nets/${i}/limits/rx`, n.limits?.rx);
+    checkBursts(`nets/${i}/limits/tx`, n.limits?.tx);
+    if (n.vhost && (n.limits?.rx || n.limits?.tx))
+      throw new SpecError(
+        `nets/${i}/limits`,
+        "not with vhost: the kernel moves the frames, past the VMM's meters",
+      );
+  });
   for (const [vcpu, list] of Object.entries(spec.vcpuPin ?? {})) {
     if (Number(vcpu) >= (spec.maxVcpus ?? spec.vcpus))
       throw new SpecError(`vcpuPin/${vcpu}`, "no such vCPU");
     checkCpuList(`vcpuPin/${vcpu}`, list);
   }
   return spec;
+}
+
+function checkBursts(field: string, limits: IoLimits | undefined): void {
+  if (limits?.bandwidthBurst !== undefined && limits.bandwidth === undefined)
+    throw new SpecError(`${field}/bandwidthBurst`, "needs bandwidth as well");
+  if (limits?.opsBurst !== undefined && limits.ops === undefined)
+    throw new SpecError(`${field}/opsBurst`, "needs ops as well");
 }
 
 function checkCpuList(field: string, list: string): void {

@@ -38,3 +38,25 @@ test("a vcpuPin written as YAML keeps its numeric keys as vCPU numbers", () => {
   );
   assert.deepEqual(spec.vcpuPin, { "0": "1", "1": "2-3" });
 });
+
+test("I/O limits on disks and each way on network devices; a burst needs its rate", () => {
+  const spec = parseDomainSpec({
+    ...base,
+    disks: [{ path: "/d.img", limits: { bandwidth: 1000, bandwidthBurst: 10, ops: 5 } }],
+    nets: [{ tap: "t0", limits: { rx: { bandwidth: 100 }, tx: { ops: 10, opsBurst: 2 } } }],
+  });
+  assert.deepEqual(spec.nets?.[0]?.limits?.tx, { ops: 10, opsBurst: 2 });
+  assert.throws(
+    () => parseDomainSpec({ ...base, disks: [{ path: "/d", limits: { opsBurst: 3 } }] }),
+    /^SpecError: disks\/0\/limits\/opsBurst: needs ops as well/,
+  );
+  assert.throws(
+    () => parseDomainSpec({ ...base, nets: [{ tap: "t", limits: { up: { ops: 1 } } }] }),
+    /nets\/0\/limits\/up: unknown key/,
+  );
+  assert.throws(
+    () =>
+      parseDomainSpec({ ...base, nets: [{ tap: "t", vhost: true, limits: { rx: { ops: 1 } } }] }),
+    /^SpecError: nets\/0\/limits: not with vhost/,
+  );
+});

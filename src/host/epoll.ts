@@ -1,7 +1,7 @@
 // Waiting on file descriptors the Node event loop cannot watch itself (eventfds from KVM's
-// ioeventfd). One epoll set; epoll_wait runs as a koffi asynchronous call on koffi's own
-// native thread, so no JavaScript isolate is spent on it, and readiness is delivered as a
-// callback on the main thread. A private eventfd in the set stops the wait.
+// ioeventfd). One epoll set; epoll_wait runs as a koffi asynchronous call, which holds one
+// thread of libuv's pool for as long as the watcher runs (no JavaScript isolate is spent on
+// it), and readiness is delivered as a callback on the main thread. A private eventfd in the set stops the wait.
 
 import koffi from "koffi";
 import { HostError } from "./errors.js";

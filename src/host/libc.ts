@@ -232,15 +232,37 @@ export function iovAsync(
   done: (result: number) => void,
 ): void {
   const fn = op === "read" ? preadvFn : pwritevFn;
-  fn.async(fd, iov, count, offset, (err: unknown, n: number | bigint) => {
-    if (err) {
-      done(-EIO);
-      return;
+  const start = (): void => {
+    iovInFlight++;
+    const finish = (result: number): void => {
+      iovInFlight--;
+      iovWaiting.shift()?.();
+      done(result);
+    };
+    try {
+      fn.async(fd, iov, count, offset, (err: unknown, n: number | bigint) => {
+        // errno first: starting the next call must not come between the call and its errno.
+        const r = err ? -EIO : Number(n) < 0 ? -koffi.errno() : Number(n);
+        finish(r);
+      });
+    } catch {
+      // koffi refused the call (its table of asynchronous calls is full despite the budget):
+      // an I/O error for this request, never an exception in a completion callback.
+      setImmediate(() => finish(-EIO));
     }
-    const r = Number(n);
-    done(r < 0 ? -koffi.errno() : r);
-  });
+  };
+  if (iovInFlight < IOV_ASYNC_BUDGET) start();
+  else iovWaiting.push(start);
 }
+
+/**
+ * koffi runs at most 256 asynchronous calls at once (max_async_calls) and throws past that;
+ * the fd watcher's epoll_wait holds one for good. Block I/O keeps below this budget across
+ * every disk: calls past it wait their turn here, so a deep queue is slower, never failed.
+ */
+const IOV_ASYNC_BUDGET = 192;
+let iovInFlight = 0;
+const iovWaiting: (() => void)[] = [];
 const EIO = 5;
 
 /** fallocate(2): punch holes for discard, zero ranges for write-zeroes. */

@@ -508,8 +508,10 @@ export class Vm implements ExitHandler {
   }
 
   close(): void {
-    // Devices stop first: a kernel backend (vhost) or I/O still in flight must not write
-    // into guest RAM once it is unmapped, where a later mapping could reuse the addresses.
+    // Devices stop first: a kernel backend (vhost) must not write into guest RAM once it is
+    // unmapped, where a later mapping could reuse the addresses. Resetting does not wait for
+    // disk I/O already on the thread pool: callers close the devices (which waits for it)
+    // before closing the VM, as `vessel run` does.
     for (const t of this.transports) t.reset();
     this.watcher.close();
     for (const fd of this.eventFds) libc.close(fd);

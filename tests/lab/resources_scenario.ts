@@ -3,9 +3,12 @@
 // 50 % of a CPU and must use about half a CPU of host time; its cgroup files show the
 // limits; pinned vCPU threads show the pinned CPUs in the kernel's own view; the cap changes
 // at runtime; /metrics reports the throttling; a disk limited to 10 MiB/s reads at that
-// rate in the guest, and faster once the limit is raised. Steps print `CHECK <what> ok|FAILED`.
+// rate in the guest, and faster once the limit is raised; a network device limited each way
+// likewise. Steps print `CHECK <what> ok|FAILED`.
 
+import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { limitsFor } from "../../src/daemon/domain.js";
 import type { DomainSpec } from "../../src/domain/spec.js";
@@ -156,6 +159,90 @@ try {
         throw new Error(`${limited.toFixed(1)} MiB/s under a 10 MiB/s limit`);
       if (raised < 15 || raised > 24)
         throw new Error(`${raised.toFixed(1)} MiB/s under a 20 MiB/s limit`);
+    },
+  );
+
+  await check(
+    "a network device limited to 5 MiB/s each way: the guest sends and receives at about 5 MiB/s; 10 MiB/s after vessel limit",
+    async () => {
+      const tap = "vlim0";
+      const sh = (cmd: string) => execFileSync("sh", ["-c", cmd], { stdio: "pipe" });
+      sh(`ip link del ${tap} 2>/dev/null; ip tuntap add dev ${tap} mode tap vnet_hdr`);
+      sh(`ip addr add 10.203.0.1/24 dev ${tap} && ip link set ${tap} up`);
+      // The host end: port 5001 times what the guest sends (first byte to end of stream);
+      // port 5002 sends 20 MiB to whoever connects (the guest times its receiving).
+      const received: number[] = [];
+      const sink = createServer((sock) => {
+        let t0 = 0;
+        let n = 0;
+        sock.on("data", (b) => {
+          if (n === 0) t0 = performance.now();
+          n += b.length;
+        });
+        sock.on("end", () => received.push(n / 2 ** 20 / ((performance.now() - t0) / 1000)));
+      }).listen(5001, "10.203.0.1");
+      // HTTP, so busybox's wget fetches it and exits at its end (nc might wait on stdin).
+      const source = createServer((sock) => {
+        sock.on("error", () => {});
+        sock.once("data", () => {
+          sock.write("HTTP/1.0 200 OK\r\nContent-Length: 20971520\r\n\r\n");
+          sock.end(Buffer.alloc(20 * 2 ** 20));
+        });
+      }).listen(5002, "10.203.0.1");
+      const limit = (mib: number) => ({ bandwidth: mib * 2 ** 20, bandwidthBurst: 256 * 1024 });
+      try {
+        const img = defaultImagePaths();
+        const info = await d.client.create({
+          name: "net",
+          memory: "256M",
+          vcpus: 1,
+          kernel: img.kernel,
+          initrd: img.initrd,
+          cmdline: "console=ttyS0 reboot=k panic=-1 quiet vessel.ip=10.203.0.2/24",
+          nets: [{ tap, limits: { rx: limit(5), tx: limit(5) } }],
+        });
+        const c = await ConsoleSession.connect(info.consoleSocket ?? "");
+        await c.waitFor("vessel:/# ", 240_000);
+        const measure = async (tag: string) => {
+          const before = received.length;
+          c.type(`head -c 20971520 /dev/zero | nc 10.203.0.1 5001; echo ${tag}-SENT\n`);
+          await c.waitFor(`${tag}-SENT`, 120_000);
+          const tx = await waitFor(`${tag} at the host`, () => received[before], 30_000);
+          c.type(
+            `s=$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://10.203.0.1:5002/; e=$(cut -d' ' -f1 /proc/uptime); echo ${tag}-$s-$e-R\n`,
+          );
+          const m = await waitFor(
+            `${tag} receive`,
+            () => new RegExp(`${tag}-([0-9.]+)-([0-9.]+)-R`).exec(c.output) ?? undefined,
+            120_000,
+          );
+          return { tx, rx: 20 / (Number(m[2]) - Number(m[1])) };
+        };
+        const at5 = await measure("NET5");
+        await d.client.setNetLimits("net", 0, { rx: limit(10), tx: limit(10) });
+        const at10 = await measure("NET10");
+        c.close();
+        const f = (r: { tx: number; rx: number }) =>
+          `sends ${r.tx.toFixed(1)}, receives ${r.rx.toFixed(1)} MiB/s`;
+        process.stdout.write(
+          `RESOURCES network at a 5 MiB/s limit: ${f(at5)}; at 10 MiB/s: ${f(at10)}\n`,
+        );
+        await d.client.destroy("net");
+        for (const [what, got, want] of [
+          ["sent", at5.tx, 5],
+          ["received", at5.rx, 5],
+          ["sent", at10.tx, 10],
+          ["received", at10.rx, 10],
+        ] as const) {
+          if (got < want * 0.8 || got > want * 1.2)
+            throw new Error(`${what} ${got.toFixed(1)} MiB/s under a ${want} MiB/s limit`);
+        }
+      } finally {
+        await d.client.destroy("net").catch(() => {});
+        sink.close();
+        source.close();
+        sh(`ip link del ${tap} 2>/dev/null || true`);
+      }
     },
   );
 

@@ -88,6 +88,21 @@ export class RateLimiter {
     return c;
   }
 
+  /**
+   * For a request whose size is known only once it is done (a received frame): 0 when
+   * neither bucket is in debt, else the milliseconds to wait. Nothing is taken: charge() takes
+   * the request's bytes and one operation afterwards, so one frame may overdraw.
+   */
+  admit(): number {
+    return Math.max(this.bandwidth?.wait(0) ?? 0, this.ops?.wait(1) ?? 0);
+  }
+
+  /** Take one operation and `bytes` after the fact (the buckets may go into debt). */
+  charge(bytes: number): void {
+    this.bandwidth?.take(bytes);
+    this.ops?.take(1);
+  }
+
   /** 0 and the tokens taken, or the milliseconds to wait before asking again. */
   consume(bytes: number): number {
     const wait = Math.max(this.bandwidth?.wait(bytes) ?? 0, this.ops?.wait(1) ?? 0);

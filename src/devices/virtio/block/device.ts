@@ -6,7 +6,9 @@
 // Node's fs.fdatasync run on libuv's worker pool, which exists in every Node process,
 // needs no native addon or extra dependency, keeps the main thread and
 // the vCPU threads free while the disk works, and is sized by UV_THREADPOOL_SIZE (default
-// 4; raise it for deep queues, since the pool is shared with dns.lookup, zlib and crypto).
+// 4, of which the fd watcher's epoll_wait holds one for good, so disks share three; raise
+// it for deep queues). At most 192 calls are in the pool's queue at once across all disks
+// (src/host/libc.ts: koffi's own limit is 256); requests past that wait their turn.
 // io_uring would save a thread hop per request but needs a native binding, is disabled in
 // many container runtimes (seccomp, kernel.io_uring_disabled) and would be a second I/O
 // engine to keep correct; the pool is the right first engine and the seam is #io().

@@ -19,6 +19,12 @@
 // TUNSETOFFLOAD is applied in activate(), from the receive offloads the driver accepted:
 // the kernel must never hand the guest a frame it cannot take.
 //
+// Rate limits (rate_limiter.ts), one limiter each way as Firecracker has: a transmit chain
+// waits for its tokens before it is written to the TAP; receiving checks that neither bucket
+// is in debt before each read and charges the frame's bytes after it (its size is known only
+// then), so the average holds and one frame at most overdraws. While receive is held back we
+// stop watching the TAP, and frames wait in its kernel queue as they do for a slow guest.
+//
 // With `vhost` (vhost.ts) the kernel's vhost-net worker serves both rings instead: this
 // device then only negotiates, sets the TAP's offloads, starts vhost on activation and stops
 // it on reset, and relays the worker's interrupts; its frame counters stay at zero.
@@ -41,6 +47,7 @@ import {
 } from "../../../virtio/device.js";
 import { GuestLog } from "../../../virtio/guest_log.js";
 import { commonDeviceOptions } from "../../../virtio/options.js";
+import { type LimitConfig, RateLimiter } from "../rate_limiter.js";
 import {
   ETH_MAX_FRAME,
   encodeNetConfig,
@@ -97,7 +104,28 @@ export interface VirtioNetOptions {
   watchEventFd?: (fd: number, onReady: () => void) => void;
   /** How the vhost path makes and signals eventfds; default libc's eventfd. */
   eventFds?: EventFds;
+  /** Limits on what the guest receives and what it sends (not with vhost). */
+  limits?: NetLimits;
 }
+
+export interface NetLimits {
+  rx?: LimitConfig;
+  tx?: LimitConfig;
+}
+
+/** What limits() reports: each direction's buckets and the time it was held back. */
+export interface NetLimitsReport {
+  rx: LimitConfig & { throttledMs: number; throttledRequests: number };
+  tx: LimitConfig & { throttledMs: number; throttledRequests: number };
+}
+
+/** True when either direction has a bucket (an empty {} is no limit). */
+function limited(l: NetLimits | undefined): boolean {
+  return [l?.rx, l?.tx].some((c) => c?.bandwidth !== undefined || c?.ops !== undefined);
+}
+
+const VHOST_UNLIMITED =
+  "rate limits need the user-space path: with vhost=on the kernel moves the frames, past the VMM's meters";
 
 const libcEventFds: EventFds = {
   create: () => libc.eventfd(0, libc.EFD_NONBLOCK),
@@ -173,6 +201,15 @@ export class VirtioNet implements VirtioDevice {
   #watching = false;
   #txScheduled = false;
   #generation = 0;
+  readonly #rxLimiter: RateLimiter;
+  readonly #txLimiter: RateLimiter;
+  /** A transmit chain popped and waiting for the limiter's tokens. */
+  #txHeld: DescriptorChain | undefined;
+  #txHeldSince = 0;
+  #txTimer: NodeJS.Timeout | undefined;
+  /** Set while receiving waits for the limiter (the TAP is not watched meanwhile). */
+  #rxTimer: NodeJS.Timeout | undefined;
+  #rxHeldSince = 0;
 
   constructor(options: VirtioNetOptions) {
     if (typeof options !== "object" || options === null) {
@@ -203,6 +240,15 @@ export class VirtioNet implements VirtioDevice {
     if (vhost !== undefined && typeof watchEventFd !== "function") {
       refuse("options.watchEventFd must be a function when options.vhost is given");
     }
+    if (vhost !== undefined && limited(options.limits)) refuse(VHOST_UNLIMITED);
+    let rxLimiter: RateLimiter | undefined;
+    let txLimiter: RateLimiter | undefined;
+    try {
+      rxLimiter = new RateLimiter(options.limits?.rx ?? {});
+      txLimiter = new RateLimiter(options.limits?.tx ?? {});
+    } catch (e) {
+      refuse(`options.limits: ${e instanceof Error ? e.message : String(e)}`);
+    }
     let common: ReturnType<typeof commonDeviceOptions>;
     try {
       common = commonDeviceOptions(
@@ -225,6 +271,8 @@ export class VirtioNet implements VirtioDevice {
     this.#unwatch = unwatch;
     this.#guestLog = new GuestLog(this.name, log);
     this.#defer = options.defer ?? ((fn) => setImmediate(fn));
+    this.#rxLimiter = rxLimiter as RateLimiter;
+    this.#txLimiter = txLimiter as RateLimiter;
     this.#configBytes = encodeNetConfig(mac as Uint8Array, true);
     this.#hdrPtr = koffi.alloc("uint8_t", VIRTIO_NET_HDR_SIZE);
     this.#hdr = new Uint8Array(koffi.view(this.#hdrPtr, VIRTIO_NET_HDR_SIZE));
@@ -286,6 +334,37 @@ export class VirtioNet implements VirtioDevice {
   /** A copy of the counters (the vhost ones stay 0 on the user-space path). */
   metrics(): NetMetricsSnapshot {
     return { ...this.#metrics.snapshot(), ...this.#vhost?.counters };
+  }
+
+  /** Replace the limits at runtime; a direction left out is unlimited. */
+  setLimits(limits: NetLimits): void {
+    if (this.#vhost && limited(limits)) throw new Error(VHOST_UNLIMITED);
+    // Both built before either is applied: a bad one changes nothing.
+    const rx = new RateLimiter(limits.rx ?? {});
+    const tx = new RateLimiter(limits.tx ?? {});
+    this.#rxLimiter.configure(rx.config());
+    this.#txLimiter.configure(tx.config());
+    // What was held waits no longer than the new limits say.
+    if (this.#txTimer) {
+      clearTimeout(this.#txTimer);
+      this.#txTimer = undefined;
+      this.#transmitSafely();
+    }
+    if (this.#rxTimer) {
+      clearTimeout(this.#rxTimer);
+      this.#rxTimer = undefined;
+      this.#rxLimiter.throttledMs += performance.now() - this.#rxHeldSince;
+      this.#onReadable();
+    }
+  }
+
+  limits(): NetLimitsReport {
+    const report = (l: RateLimiter) => ({
+      ...l.config(),
+      throttledMs: Math.round(l.throttledMs),
+      throttledRequests: l.throttledRequests,
+    });
+    return { rx: report(this.#rxLimiter), tx: report(this.#txLimiter) };
   }
 
   /** Which path carries frames: "vhost" (the kernel's worker) or "user" (this process). */
@@ -400,6 +479,11 @@ export class VirtioNet implements VirtioDevice {
   reset(): void {
     this.#generation++;
     this.#vhost?.stop();
+    clearTimeout(this.#txTimer);
+    clearTimeout(this.#rxTimer);
+    this.#txTimer = undefined;
+    this.#rxTimer = undefined;
+    this.#txHeld = undefined;
     this.#stopWatching();
     this.#memory = undefined;
     this.#rxq = undefined;
@@ -459,10 +543,19 @@ export class VirtioNet implements VirtioDevice {
 
   // ---- transmit ----
 
+  #transmitSafely(): void {
+    try {
+      this.#transmit();
+    } catch (e) {
+      this.#warn(`transmit failed: ${String(e)}`);
+    }
+  }
+
   #transmit(): void {
     const queue = this.#txq;
     const memory = this.#memory;
-    if (!queue || !memory) return;
+    if (!queue || !memory || this.#txTimer) return;
+    const limiter = this.#txLimiter;
     const m = this.#metrics;
     let chains = this.#queueSize;
     let more = false;
@@ -473,8 +566,26 @@ export class VirtioNet implements VirtioDevice {
         break;
       }
       if (queue.broken) break;
-      const chain = queue.pop();
+      const chain = this.#txHeld ?? queue.pop();
       if (!chain) break;
+      if (limiter.limited) {
+        const wait = limiter.consume(Math.max(0, chain.readableLength - VIRTIO_NET_HDR_SIZE));
+        if (wait > 0) {
+          if (!this.#txHeld) {
+            this.#txHeld = chain;
+            this.#txHeldSince = performance.now();
+            limiter.throttledRequests++;
+          }
+          const generation = this.#generation;
+          this.#txTimer = setTimeout(() => {
+            this.#txTimer = undefined;
+            if (generation === this.#generation) this.#transmitSafely();
+          }, Math.ceil(wait));
+          break;
+        }
+        if (this.#txHeld) limiter.throttledMs += performance.now() - this.#txHeldSince;
+      }
+      this.#txHeld = undefined;
       chains--;
       const reason = checkTxChain(memory, chain, this.#features, this.#hdr);
       if (reason === undefined && !this.#txIovFor(memory, chain)) {
@@ -506,12 +617,7 @@ export class VirtioNet implements VirtioDevice {
       const generation = this.#generation;
       this.#defer(() => {
         this.#txScheduled = false;
-        if (generation !== this.#generation) return;
-        try {
-          this.#transmit();
-        } catch (e) {
-          this.#warn(`deferred transmit failed: ${String(e)}`);
-        }
+        if (generation === this.#generation) this.#transmitSafely();
       });
     }
   }
@@ -539,11 +645,29 @@ export class VirtioNet implements VirtioDevice {
       this.#stopWatching();
       return;
     }
+    // Held back by the limiter: its timer resumes; new buffers change nothing until then.
+    if (this.#rxTimer) return;
     const m = this.#metrics;
+    const limiter = this.#rxLimiter;
     let used = false;
     let watch = true;
     try {
       for (let frames = 0; frames < this.#queueSize; frames++) {
+        if (limiter.limited) {
+          const wait = limiter.admit();
+          if (wait > 0) {
+            watch = false;
+            limiter.throttledRequests++;
+            this.#rxHeldSince = performance.now();
+            const generation = this.#generation;
+            this.#rxTimer = setTimeout(() => {
+              this.#rxTimer = undefined;
+              limiter.throttledMs += performance.now() - this.#rxHeldSince;
+              if (generation === this.#generation) this.#onReadable();
+            }, Math.ceil(wait));
+            break;
+          }
+        }
         if (!this.#haveRxBuffers(queue)) {
           m.rxNoBuffers++;
           watch = false;
@@ -572,6 +696,7 @@ export class VirtioNet implements VirtioDevice {
         used = true;
         m.rxFrames++;
         m.rxBytes += n - VIRTIO_NET_HDR_SIZE;
+        limiter.charge(n - VIRTIO_NET_HDR_SIZE);
       }
     } finally {
       if (used) queue.notifyIfNeeded();

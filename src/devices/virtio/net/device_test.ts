@@ -192,6 +192,43 @@ describe("virtio-net device", () => {
     assert.equal(net.metrics().txDeferred, 1);
   });
 
+  it("holds transmit chains back to the tx limit and lets them go as tokens come", async () => {
+    const { net, tx } = setup({ limits: { tx: { ops: { rate: 20, burst: 1 } } } });
+    for (let i = 0; i < 3; i++) tx.add([{ length: 12 + frame.length, data: withHeader(frame) }]);
+    tx.kick();
+    assert.equal(tx.takeUsed().length, 1, "the burst lets one through");
+    await new Promise((r) => setTimeout(r, 70));
+    assert.equal(tx.takeUsed().length, 1, "one more after a twentieth of a second");
+    net.setLimits({});
+    assert.equal(tx.takeUsed().length, 1, "removing the limit sends what was held");
+    const l = net.limits();
+    assert.equal(l.tx.throttledRequests, 2);
+    assert.ok(l.tx.throttledMs > 0);
+    assert.deepEqual(l.tx.ops, undefined);
+    assert.equal(net.metrics().txFrames, 3);
+  });
+
+  it("limits transmit bandwidth by each frame's bytes, header aside", () => {
+    const { net, tx } = setup({
+      limits: { tx: { bandwidth: { rate: 1000, burst: frame.length * 2 } } },
+    });
+    for (let i = 0; i < 3; i++) tx.add([{ length: 12 + frame.length, data: withHeader(frame) }]);
+    tx.kick();
+    assert.equal(tx.takeUsed().length, 2, "two frames fit the burst, the third waits");
+    assert.equal(net.limits().tx.throttledRequests, 1);
+  });
+
+  it("refuses bad limits, and limits with vhost, naming why", () => {
+    assert.throws(() => setup({ limits: { rx: { ops: { rate: 0 } } } }), /limits: rate 0/);
+    const { net } = setup();
+    assert.throws(() => net.setLimits({ tx: { bandwidth: { rate: -1 } } }), /rate -1/);
+    const vhost = { close() {} } as unknown as NonNullable<VirtioNetOptions["vhost"]>;
+    assert.throws(
+      () => setup({ vhost, watchEventFd: () => {}, limits: { tx: { ops: { rate: 5 } } } }),
+      /rate limits need the user-space path/,
+    );
+  });
+
   it("counts notifies for queues that do not exist, and config writes", () => {
     const { net, driver } = setup();
     net.queueNotify(7);

@@ -188,6 +188,23 @@ describe("virtio-net on a TAP", () => {
     assert.deepEqual(arp.frame.subarray(38, 42), ipv4Bytes(GUEST_IP));
   });
 
+  it("holds received frames back to the rx limit: the TAP waits unwatched meanwhile", async () => {
+    const { rx, tx } = setup();
+    const heads = postRx(rx, 16, 2048);
+    rx.kick();
+    net.setLimits({ rx: { ops: { rate: 10, burst: 1 } } });
+    try {
+      const t0 = Date.now();
+      for (let i = 0; i < 3; i++) send(tx, arpRequest(macBytes(GUEST_MAC), GUEST_IP, HOST_IP));
+      for (let i = 0; i < 3; i++) await receive(rx, heads, isArpReply);
+      // One frame from the burst, then one per tenth of a second.
+      assert.ok(Date.now() - t0 >= 180, `three replies in ${Date.now() - t0} ms`);
+      assert.ok(net.limits().rx.throttledRequests >= 2);
+    } finally {
+      net.setLimits({});
+    }
+  });
+
   it("counts the kernel's drops when the guest leaves frames waiting past txqueuelen", async () => {
     const { rx, tx } = setup();
     ip("link", "set", TAP, "txqueuelen", "2");

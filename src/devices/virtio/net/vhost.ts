@@ -266,7 +266,18 @@ export class VhostNetPath {
     if (!started) return;
     this.#started = undefined;
     const { handle, queues } = this.#o;
-    for (const ring of queues.keys()) this.#quietly(() => handle.setBackend(ring, -1));
+    let detached = true;
+    for (const ring of queues.keys())
+      if (!this.#quietly(() => handle.setBackend(ring, -1))) detached = false;
+    if (!detached) {
+      // The worker may still be on the old rings: closing the device is what surely stops it
+      // (the kernel flushes and frees the worker on release). This path is then done for.
+      this.#o.log("vhost-net would not detach the TAP; closing it");
+      this.#quietly(() => this.#o.unwatch(this.#callFd));
+      this.#quietly(() => this.#o.unwatch(this.#errFd));
+      this.close();
+      return;
+    }
     for (const ring of queues.keys()) {
       this.#quietly(() => handle.getVringBase(ring));
       this.#quietly(() => handle.setVringKick(ring, -1));
@@ -314,12 +325,15 @@ export class VhostNetPath {
   }
 
   // Teardown continues past a failed call: each later step still releases something.
-  #quietly(fn: () => unknown): void {
+  /** Run one teardown step; false (counted and logged) when it failed. */
+  #quietly(fn: () => unknown): boolean {
     try {
       fn();
+      return true;
     } catch (e) {
       this.counters.vhostErrors++;
       this.#o.log(`vhost-net teardown: ${e instanceof Error ? e.message : String(e)}`);
+      return false;
     }
   }
 }

@@ -328,6 +328,20 @@ describe("the vhost path behind the transport", () => {
     assert.ok(t.logs.some((l) => /cannot start vhost-net: addr 1 failed/.test(l)));
   });
 
+  it("a reset whose detach fails closes vhost for good; the next activation is refused", () => {
+    const t = setup();
+    t.driver.init();
+    t.fake.failOn = "backend 1 -1";
+    t.driver.reset();
+    assert.equal(t.fake.closed, true, "closing is what surely stops the worker");
+    assert.equal(t.deviceWatch.size, 0);
+    assert.ok(t.logs.some((l) => /would not detach the TAP; closing it/.test(l)));
+    t.fake.failOn = undefined;
+    t.driver.init();
+    assert.notEqual(t.driver.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    assert.ok(t.logs.some((l) => /cannot start vhost-net: vhost-net is closed/.test(l)));
+  });
+
   it("close stops vhost and closes the handle and the eventfds", () => {
     const t = setup();
     t.driver.init();
