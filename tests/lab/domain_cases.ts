@@ -51,16 +51,16 @@ export const domainCases: LabCase[] = [
   },
   {
     scenario: {
-      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change), disk rate limit, vCPU pinning, metrics",
+      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change), disk and network rate limits, vCPU pinning, metrics",
       script: node("tests/lab/resources_scenario.js"),
-      timeoutSec: 300,
+      timeoutSec: 600,
     },
     check: (r) => {
       const failed = r.output.split("\n").filter((l) => /^CHECK .* FAILED/.test(l));
       assert.deepEqual(failed, [], "steps failed");
       for (const l of r.output.split("\n").filter((x) => x.startsWith("RESOURCES ")))
         process.stderr.write(`lab: ${l}\n`);
-      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 6);
+      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 7);
       assert.match(r.output, /RESOURCES-SCENARIO-DONE failures=0/);
       assert.equal(r.exitCode, 0);
     },
