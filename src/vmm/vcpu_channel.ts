@@ -91,7 +91,7 @@ export function allocateShared(
 /** What ends a vCPU's run, reported by the vCPU thread. */
 export type VcpuExit =
   | { kind: "stopped" }
-  | { kind: "triple-fault" }
+  | { kind: "triple-fault"; state?: string }
   | { kind: "system-event"; type: number }
   | { kind: "internal-error"; suberror: number; data: string[] }
   | { kind: "fail-entry"; reason: string }

@@ -175,7 +175,7 @@ function loop(): ch.VcpuExit {
         if (!obeyCommand()) return { kind: "stopped" };
         break;
       case abi.KVM_EXIT_SHUTDOWN:
-        return { kind: "triple-fault" };
+        return { kind: "triple-fault", state: faultState() };
       case abi.KVM_EXIT_HLT:
         return { kind: "hlt" };
       case abi.KVM_EXIT_SYSTEM_EVENT:
@@ -209,3 +209,22 @@ try {
   exit = { kind: "error", message: e instanceof Error ? e.message : String(e) };
 }
 finish(exit);
+
+/**
+ * Where the guest was when it triple-faulted (rip, rsp, cr2, cr3), for the outcome's reason:
+ * without it a guest that dies this way leaves nothing to go on. Best effort.
+ */
+function faultState(): string {
+  try {
+    const regs = new DataView(new ArrayBuffer(abi.SIZEOF_KVM_REGS));
+    const sregs = new DataView(new ArrayBuffer(abi.SIZEOF_KVM_SREGS));
+    libc.ioctl(fd, abi.KVM_GET_REGS, regs, "KVM_GET_REGS");
+    libc.ioctl(fd, abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS");
+    const hex = (v: DataView, at: number) => `0x${v.getBigUint64(at, true).toString(16)}`;
+    // struct kvm_regs: rip is the 17th u64, rsp the 7th; struct kvm_sregs: eight 24-byte
+    // segments and two 16-byte tables, then cr0, cr2, cr3.
+    return `rip=${hex(regs, 128)} rsp=${hex(regs, 48)} cr2=${hex(sregs, 232)} cr3=${hex(sregs, 240)}`;
+  } catch (e) {
+    return `registers unreadable: ${String(e)}`;
+  }
+}

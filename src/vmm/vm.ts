@@ -55,7 +55,7 @@ export interface VmConfig {
 export type Outcome =
   | { kind: "poweroff" }
   | { kind: "reboot"; reason: string }
-  | { kind: "triple-fault"; vcpu: number }
+  | { kind: "triple-fault"; vcpu: number; state?: string }
   | { kind: "internal-error"; vcpu: number; detail: string }
   | { kind: "halted"; vcpu: number }
   | { kind: "stopped"; reason: string }
@@ -79,7 +79,7 @@ export function describeOutcome(o: Outcome): string {
     case "reboot":
       return `guest requested a reboot (${o.reason})`;
     case "triple-fault":
-      return `vCPU ${o.vcpu} triple-faulted (the guest reset itself)`;
+      return `vCPU ${o.vcpu} triple-faulted (the guest reset itself)${o.state ? ` at ${o.state}` : ""}`;
     case "internal-error":
       return `vCPU ${o.vcpu}: KVM could not run the guest: ${o.detail}`;
     case "halted":
@@ -97,7 +97,7 @@ function outcomeOfExit(id: number, e: ch.VcpuExit): Outcome | undefined {
     case "stopped":
       return undefined;
     case "triple-fault":
-      return { kind: "triple-fault", vcpu: id };
+      return { kind: "triple-fault", vcpu: id, ...(e.state ? { state: e.state } : {}) };
     case "system-event":
       if (e.type === abi.KVM_SYSTEM_EVENT_RESET)
         return { kind: "reboot", reason: "KVM system event" };
