@@ -244,7 +244,9 @@ async function boot(kind: Kind, mode: Mode): Promise<BootResult> {
   clearTimeout(sinkTimer);
   const fail = (why: string): never => {
     throw new Error(
-      `${kind} (${mode}): ${why}; exit ${code}\n--- console ---\n${output.slice(-3000)}\n--- stderr ---\n${stderr.slice(-2000)}\n--- sink ---\n${sinkOut}`,
+      // Vessel's --json line starts with the outcome (a triple fault's registers among it):
+      // named apart, since the tail of stderr is its long counters.
+      `${kind} (${mode}): ${why}; exit ${code}; outcome ${/"outcome":\{[^}]*\}/.exec(stderr)?.[0] ?? "not reported"}\n--- console ---\n${output.slice(-3000)}\n--- stderr ---\n${stderr.slice(-2000)}\n--- sink ---\n${sinkOut}`,
     );
   };
   if (code !== 0) fail("the VMM did not exit cleanly");
