@@ -6,7 +6,8 @@
 // /tmp is tmpfs, which has no O_DIRECT). Prints the medians of alternating rounds and each
 // ratio Vessel/QEMU (higher is better for all of them).
 // Usage: node dist/bench/io.js [--json]   (BENCH_ROUNDS=3, BENCH_DISK_MB=256,
-// BENCH_RAND_SECONDS=10, BENCH_TCP_MB=64: TCP runs at a few MiB/s in the lab)
+// BENCH_RAND_SECONDS=10, BENCH_TCP_MB=64: TCP runs at a few MiB/s in the lab; BENCH_ONLY=qemu|vessel
+// runs one side alone)
 
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -41,7 +42,7 @@ initrd.set(base);
 initrd.set(extra, padded);
 writeFileSync(join(dir, "initrd.img"), initrd);
 
-const env = ["BENCH_ROUNDS", "BENCH_DISK_MB", "BENCH_RAND_SECONDS", "BENCH_TCP_MB"]
+const env = ["BENCH_ROUNDS", "BENCH_DISK_MB", "BENCH_RAND_SECONDS", "BENCH_TCP_MB", "BENCH_ONLY"]
   .filter((k) => process.env[k] !== undefined)
   .map((k) => `${k}=${shQuote(process.env[k] as string)}`)
   .join(" ");

@@ -321,7 +321,9 @@ const counters: unknown[] = [];
 
 try {
   for (let round = 0; round < ROUNDS; round++) {
-    const order: Kind[] = round % 2 === 0 ? ["vessel", "qemu"] : ["qemu", "vessel"];
+    // BENCH_ONLY=qemu|vessel runs one side alone (to tell a lab fault from a VMM's).
+    const only = process.env.BENCH_ONLY as Kind | undefined;
+    const order: Kind[] = only ? [only] : round % 2 === 0 ? ["vessel", "qemu"] : ["qemu", "vessel"];
     for (const kind of order) {
       for (const mode of ["user", "vhost"] as const) {
         const r = await bootWithRetry(kind, mode);
