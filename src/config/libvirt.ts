@@ -208,13 +208,9 @@ function memory(c: Conversion, r: Reader, domain: XNode, spec: Record<string, un
 
 function vcpus(c: Conversion, r: Reader, domain: XNode, spec: Record<string, unknown>): void {
   const vcpu = r.one(domain, "vcpu");
-  const count = (key: string, text: string) => {
-    if (!/^\s*\d+\s*$/.test(text)) c.fail(key, `"${text}" is not a whole number`);
-    return Number(text);
-  };
-  const max = vcpu ? count("vcpu", vcpu.text) : 1;
+  const max = vcpu ? count(c, "vcpu", vcpu.text) : 1;
   const current =
-    vcpu?.attrs.current !== undefined ? count("vcpu/@current", vcpu.attrs.current) : max;
+    vcpu?.attrs.current !== undefined ? count(c, "vcpu/@current", vcpu.attrs.current) : max;
   if (current > max) c.fail("vcpu/@current", "is above the vcpu count");
   spec.vcpus = current;
   c.origin("vcpus", vcpu?.attrs.current !== undefined ? "vcpu/@current" : "vcpu");

@@ -714,9 +714,7 @@ export class Domain {
           return limits ? { ...rest, limits } : rest;
         }),
       });
-      live.record.spec = withLimits(live.record.spec);
-      this.runningSpec = live.record.spec;
-      if (this.definition) this.ctx.saveDefinition(withLimits(this.definition));
+      this.keepChange(live, withLimits);
       return result;
     });
   }
@@ -746,11 +744,16 @@ export class Domain {
           return wanted ? { ...rest, limits: wanted } : rest;
         }),
       });
-      live.record.spec = withLimits(live.record.spec);
-      this.runningSpec = live.record.spec;
-      if (this.definition) this.ctx.saveDefinition(withLimits(this.definition));
+      this.keepChange(live, withLimits);
       return result;
     });
+  }
+
+  /** A change made at runtime, kept for the running VMM's record and for later starts. */
+  private keepChange(live: Live, change: (spec: DomainSpec) => DomainSpec): void {
+    live.record.spec = change(live.record.spec);
+    this.runningSpec = live.record.spec;
+    if (this.definition) this.ctx.saveDefinition(change(this.definition));
   }
 
   /** Each device's limits and the time its requests were held back (null when not running). */
