@@ -15,6 +15,7 @@ const UNITS: Record<string, number> = {
   m: 2 ** 20,
   g: 2 ** 30,
   t: 2 ** 40,
+  b: 1,
 };
 
 /** A memory size: a plain number is MiB (as in QEMU's -m); K, M, G, T suffixes, optional "iB"/"B". */
@@ -31,5 +32,18 @@ export function parseCount(flag: string, text: string, min: number, max: number)
   if (!/^\d+$/.test(text.trim())) throw new UsageError(`${flag}: "${text}" is not a whole number`);
   const n = Number(text);
   if (n < min || n > max) throw new UsageError(`${flag}: ${n} is out of range (${min}..${max})`);
+  return n;
+}
+
+/**
+ * A rate (bytes, requests or frames per second): a number with an optional K, M or G
+ * (1024-based) suffix, rounded down to a whole number of at least 1. `what` names the flag
+ * or key in the error.
+ */
+export function parseRate(what: string, text: string): number {
+  const m = /^(\d+(?:\.\d+)?)([kmg]?)$/i.exec(text);
+  const n = m ? Math.floor(Number(m[1]) * (UNITS[(m[2] ?? "").toLowerCase() || "b"] ?? 1)) : 0;
+  if (!(n >= 1) || !Number.isSafeInteger(n))
+    throw new UsageError(`${what}: "${text}" is not a positive rate (e.g. 10M)`);
   return n;
 }

@@ -13,23 +13,13 @@ import { VirtioVsock, validGuestCid } from "../devices/virtio/vsock/mod.js";
 import { type FdWatcher, HostError, VHOST_NET_PATH, VhostNet } from "../host/mod.js";
 import { MAX_UNIX_PATH, unixPathFits } from "../host/unix_socket.js";
 import type { VirtioDevice } from "../virtio/device.js";
-import { UsageError } from "./args.js";
+import { parseRate, UsageError } from "./args.js";
 
 export interface DiskSpec {
   path: string;
   readOnly: boolean;
   serial?: string;
   limits?: LimitConfig;
-}
-
-/** A rate: bytes per second with K/M/G suffixes (1024-based), or a plain count. */
-function parseRate(flag: string, key: string, value: string): number {
-  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/i.exec(value);
-  const scale: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
-  const n = m ? Number(m[1]) * (scale[(m[2] ?? "").toLowerCase()] ?? 1) : Number.NaN;
-  if (!(n > 0) || !Number.isFinite(n))
-    throw new UsageError(`${flag}: ${key}=${value} is not a positive rate (e.g. 10M)`);
-  return n;
 }
 
 /**
@@ -45,7 +35,7 @@ function limitOption(
   value: string,
 ): boolean {
   if (key !== "bw" && key !== "bw_burst" && key !== ops && key !== `${ops}_burst`) return false;
-  const n = parseRate(flag, key, value);
+  const n = parseRate(`${flag}: ${key}`, value);
   if (key === "bw") limits.bandwidth = { ...limits.bandwidth, rate: n };
   else if (key === ops) limits.ops = { ...limits.ops, rate: n };
   else if (key === "bw_burst") limits.bandwidth = { rate: limits.bandwidth?.rate ?? 0, burst: n };

@@ -10,7 +10,7 @@ import type { VcpuList } from "../api/schemas.js";
 import { apiSocketPath, defaultPaths } from "../daemon/paths.js";
 import type { DomainSpec } from "../domain/spec.js";
 import { type DomainInfo, VesselApiError, VesselClient } from "../mod.js";
-import { UsageError } from "./args.js";
+import { parseRate, UsageError } from "./args.js";
 
 export interface ConnectFlags {
   connect?: string;
@@ -264,13 +264,7 @@ export async function limitCommand(
     throw new UsageError(
       `device: "${device}" is not a disk (vda, vdb, ... or 0, 1, ...) or a network device (net0, net1, ...)`,
     );
-  const rate = (flag: string, v: string): number => {
-    const r = /^(\d+)([KMG]?)$/i.exec(v);
-    const scale: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
-    const n = r ? Number(r[1]) * (scale[(r[2] ?? "").toLowerCase()] ?? 1) : 0;
-    if (!(n >= 1)) throw new UsageError(`--${flag}: "${v}" is not a positive rate (e.g. 10M)`);
-    return n;
-  };
+  const rate = (flag: string, v: string): number => parseRate(`--${flag}`, v);
   const limits: Record<string, number> = flags.none
     ? {}
     : {
