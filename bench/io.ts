@@ -7,7 +7,8 @@
 // ratio Vessel/QEMU (higher is better for all of them).
 // Usage: node dist/bench/io.js [--json]   (BENCH_ROUNDS=3, BENCH_DISK_MB=256,
 // BENCH_RAND_SECONDS=10, BENCH_TCP_MB=64: TCP runs at a few MiB/s in the lab; BENCH_ONLY=qemu|vessel
-// runs one side alone)
+// runs one side alone; BENCH_ATTEMPTS=5 boots per figure before giving up, BENCH_BOOT_TIMEOUT=300
+// seconds before a boot counts as hung)
 
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -42,7 +43,15 @@ initrd.set(base);
 initrd.set(extra, padded);
 writeFileSync(join(dir, "initrd.img"), initrd);
 
-const env = ["BENCH_ROUNDS", "BENCH_DISK_MB", "BENCH_RAND_SECONDS", "BENCH_TCP_MB", "BENCH_ONLY"]
+const env = [
+  "BENCH_ROUNDS",
+  "BENCH_DISK_MB",
+  "BENCH_RAND_SECONDS",
+  "BENCH_TCP_MB",
+  "BENCH_ONLY",
+  "BENCH_ATTEMPTS",
+  "BENCH_BOOT_TIMEOUT",
+]
   .filter((k) => process.env[k] !== undefined)
   .map((k) => `${k}=${shQuote(process.env[k] as string)}`)
   .join(" ");
@@ -90,6 +99,12 @@ if (json) {
       `${name.padEnd(26)}${unit.padEnd(7)}${v.toFixed(1).padStart(9)}${q.toFixed(1).padStart(9)}  ${ratio.toFixed(2).padStart(5)}  ${verdict}\n`,
     );
   }
+  const retried = data.retries as string[];
+  process.stdout.write(
+    retried.length
+      ? `boots that failed and were run again (the lab's nested SVM; README "The lab"):\n${retried.map((r) => `  ${r}\n`).join("")}`
+      : "no boot failed\n",
+  );
   // Where the time went: CPU use of each VMM's threads during each phase, as a fraction of
   // one CPU (medians over rounds): the main thread does device work in both VMMs.
   const cpu = data.cpu as Record<string, Record<string, Record<string, number>>>;
