@@ -52,7 +52,10 @@ test("--disk and --net take rate limits with bursts; a burst alone or a bad rate
   assert.equal(parseNet("tap=t0").limits, undefined);
   assert.throws(() => parseDisk("/a.img,iops_burst=5"), /a burst needs iops= as well/);
   assert.throws(() => parseNet("tap=t0,tx_bw_burst=5"), /a burst needs tx_bw= as well/);
-  assert.throws(() => parseNet("tap=t0,rx_bw=fast"), /rx_bw=fast: bw: "fast" is not a positive rate/);
+  assert.throws(
+    () => parseNet("tap=t0,rx_bw=fast"),
+    /rx_bw=fast: bw: "fast" is not a positive rate/,
+  );
   assert.throws(() => parseNet("tap=t0,rx_iops=5"), /unknown option "rx_iops=5"/);
   assert.throws(() => parseNet("tap=t0,vhost=on,tx_bw=1M"), /rate limits need vhost=off/);
 });
