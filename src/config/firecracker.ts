@@ -311,11 +311,12 @@ function devices(c: Conversion, root: Obj, spec: Record<string, unknown>): void 
     vsock.warnUnread(() => "not a Firecracker vsock key; ignored");
     spec.vsock = { cid, uds: c.path(uds) };
     c.origin("vsock", "vsock");
-    // Host programs reach the guest through the socket as with Firecracker; a jailed VMM
-    // cannot reach <uds>_<port> sockets outside its jail (guest-initiated connections).
+    // Host programs reach the guest through the socket as with Firecracker. Guest-initiated
+    // connections differ from Firecracker's jailer, whose chroot holds <uds>_<port>: Vessel's
+    // jail shows the uds's directory only when it holds nothing but sockets.
     c.warn(
       "vsock",
-      "guest-to-host connections need the daemon's --no-jail (the jail hides <uds>_<port>)",
+      "under the daemon's jail, guest-to-host connections need uds_path in a directory of its own and <uds>_<port> sockets the domain's user may write",
     );
   }
 

@@ -124,7 +124,7 @@ test("vsock, balloon and entropy, with what Vessel does not honour named", () =>
   assert.equal(spec.balloon, true);
   assert.equal(spec.rng, true);
   for (const pattern of [
-    /^firecracker: vsock: guest-to-host connections need the daemon's --no-jail/,
+    /^firecracker: vsock: under the daemon's jail, guest-to-host connections need uds_path in a directory of its own/,
     /^firecracker: vsock\.vsock_id: deprecated/,
     /^firecracker: balloon\.amount_mib: an initial target of 64 MiB is not applied/,
     /^firecracker: balloon\.deflate_on_oom: /,

@@ -170,7 +170,9 @@ export function importLibvirtXml(text: string, opts: ImportOptions = {}): Import
   }
 
   memory(c, r, domain, spec);
+  memtune(c, r, domain, spec);
   vcpus(c, r, domain, spec);
+  blkiotune(c, r, domain, spec);
   os(c, r, domain, spec);
   for (const [key, field] of [
     ["on_poweroff", "onPoweroff"],
@@ -204,6 +206,73 @@ function memory(c: Conversion, r: Reader, domain: XNode, spec: Record<string, un
     spec.maxMemory = formatSize(max);
     c.origin("maxMemory", "memory");
   }
+}
+
+/** libvirt's "no limit" for memtune values (VIR_DOMAIN_MEMORY_PARAM_UNLIMITED, in KiB). */
+const MEMTUNE_UNLIMITED = "9007199254740991";
+
+/** <memtune>: hard_limit is memory.max, soft_limit memory.high (libvirt's own cgroup v2 mapping). */
+function memtune(c: Conversion, r: Reader, domain: XNode, spec: Record<string, unknown>): void {
+  const tune = r.one(domain, "memtune");
+  if (!tune) return;
+  for (const [name, field] of [
+    ["hard_limit", "memoryLimit"],
+    ["soft_limit", "memorySoftLimit"],
+  ] as const) {
+    const el = r.one(tune, name);
+    if (!el || el.text.trim() === MEMTUNE_UNLIMITED) continue;
+    spec[field] = formatSize(scaledBytes(c, el, "KiB"));
+    c.origin(field, el.key);
+  }
+  const swap = r.one(tune, "swap_hard_limit");
+  if (swap && swap.text.trim() !== MEMTUNE_UNLIMITED)
+    c.warn(
+      swap.key,
+      "not honoured: Vessel keeps guest RAM out of swap (memory.swap.max 0); ignored",
+    );
+  const min = r.one(tune, "min_guarantee");
+  if (min) c.warn(min.key, "not honoured (libvirt applies it to VMware only); ignored");
+}
+
+/**
+ * <blkiotune>: weight is io.weight (libvirt writes it as is, 100..1000, on cgroup v2); each
+ * <device> becomes an ioDevices entry for its path: weight and the *_sec throttles (io.max).
+ */
+function blkiotune(c: Conversion, r: Reader, domain: XNode, spec: Record<string, unknown>): void {
+  const tune = r.one(domain, "blkiotune");
+  if (!tune) return;
+  const weight = r.one(tune, "weight");
+  if (weight) {
+    spec.ioWeight = ioWeight(c, weight);
+    c.origin("ioWeight", weight.key);
+  }
+  const devices: Record<string, unknown>[] = [];
+  for (const dev of r.all(tune, "device")) {
+    const path = r.one(dev, "path");
+    if (!path?.text) c.fail(`${dev.key}/path`, "required (the host block device)");
+    const entry: Record<string, unknown> = { device: c.path(path.text) };
+    const w = r.one(dev, "weight");
+    if (w) entry.weight = ioWeight(c, w);
+    for (const [name, key] of [
+      ["read_bytes_sec", "readBps"],
+      ["write_bytes_sec", "writeBps"],
+      ["read_iops_sec", "readIops"],
+      ["write_iops_sec", "writeIops"],
+    ] as const) {
+      const el = r.one(dev, name);
+      // 0 is libvirt's "no limit".
+      if (el && count(c, el.key, el.text) > 0) entry[key] = count(c, el.key, el.text);
+    }
+    c.origin(`ioDevices/${devices.length}`, dev.key);
+    if (Object.keys(entry).length > 1) devices.push(entry);
+  }
+  if (devices.length > 0) spec.ioDevices = devices;
+}
+
+function ioWeight(c: Conversion, el: XNode): number {
+  const n = count(c, el.key, el.text);
+  if (n < 1 || n > 10000) c.fail(el.key, "expected a weight from 1 to 10000 (libvirt's 100..1000)");
+  return n;
 }
 
 function vcpus(c: Conversion, r: Reader, domain: XNode, spec: Record<string, unknown>): void {

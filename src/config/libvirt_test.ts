@@ -387,3 +387,70 @@ test("property: the libvirt importer throws nothing but ImportError or SpecError
     { numRuns: 2000 },
   );
 });
+
+test("formatdomain's memtune and blkiotune become memory.max/high, io.weight and io.max", () => {
+  const { spec, warnings } = importLibvirtXml(
+    domain(`<blkiotune>
+    <weight>800</weight>
+    <device><path>/dev/sda</path><weight>1000</weight></device>
+    <device>
+      <path>/dev/sdb</path>
+      <weight>500</weight>
+      <read_bytes_sec>10000</read_bytes_sec>
+      <write_bytes_sec>10000</write_bytes_sec>
+      <read_iops_sec>20000</read_iops_sec>
+      <write_iops_sec>20000</write_iops_sec>
+    </device>
+    <device><path>/dev/sdc</path><read_iops_sec>0</read_iops_sec></device>
+  </blkiotune>
+  <memtune>
+    <hard_limit unit='G'>1</hard_limit>
+    <soft_limit unit='M'>128</soft_limit>
+    <swap_hard_limit unit='G'>2</swap_hard_limit>
+    <min_guarantee unit='bytes'>67108864</min_guarantee>
+  </memtune>`),
+  );
+  assert.equal(spec.memoryLimit, "1G");
+  assert.equal(spec.memorySoftLimit, "128M");
+  assert.equal(spec.ioWeight, 800);
+  // /dev/sdc's only setting is 0, libvirt's "no limit": nothing to write for it.
+  assert.deepEqual(spec.ioDevices, [
+    { device: "/dev/sda", weight: 1000 },
+    {
+      device: "/dev/sdb",
+      weight: 500,
+      readBps: 10000,
+      writeBps: 10000,
+      readIops: 20000,
+      writeIops: 20000,
+    },
+  ]);
+  has(
+    warnings,
+    /^libvirt: memtune\/swap_hard_limit: not honoured: Vessel keeps guest RAM out of swap/,
+  );
+  has(warnings, /^libvirt: memtune\/min_guarantee: not honoured/);
+  assert.ok(
+    !warnings.some((w) => /blkiotune|memtune\/(hard|soft)_limit/.test(w)),
+    warnings.join("\n"),
+  );
+});
+
+test("memtune's 'unlimited' is no limit; a hard_limit below the RAM or a bad weight fails", () => {
+  const unlimited = importLibvirtXml(
+    domain("<memtune><hard_limit unit='KiB'>9007199254740991</hard_limit></memtune>"),
+  );
+  assert.equal(unlimited.spec.memoryLimit, undefined);
+  assert.throws(
+    () => importLibvirtXml(domain("<memtune><hard_limit unit='M'>100</hard_limit></memtune>")),
+    /memtune\/hard_limit: is below the guest.s RAM/,
+  );
+  assert.throws(
+    () => importLibvirtXml(domain("<blkiotune><weight>0</weight></blkiotune>")),
+    /blkiotune\/weight: expected a weight from 1 to 10000/,
+  );
+  assert.throws(
+    () => importLibvirtXml(domain("<blkiotune><device><weight>5</weight></device></blkiotune>")),
+    /blkiotune\/device\/path: required/,
+  );
+});

@@ -3,8 +3,16 @@
 // overhead, io.max where asked) written before the VMM is moved in. On a host without a
 // writable cgroup v2 hierarchy the daemon says so once and carries on without limits.
 
-import { existsSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
 
 export interface CgroupLimits {
   /** Percent of one host CPU (xl cap: 100 = one CPU, 50 = half); undefined: no cap. */
@@ -12,6 +20,24 @@ export interface CgroupLimits {
   /** cgroup cpu.weight, 1..10000 (100 is the kernel's default). */
   cpuWeight?: number;
   memoryMaxBytes?: number;
+  /** memory.high; undefined: "max" (no reclaim pressure before memory.max). */
+  memoryHighBytes?: number;
+}
+
+/** What the io controller takes for a domain: its default weight and per-disk lines. */
+export interface CgroupIoLimits {
+  weight?: number;
+  devices: IoDeviceLimits[];
+}
+
+export interface IoDeviceLimits {
+  /** The whole disk's "MAJ:MIN" (io.max refuses partitions). */
+  disk: string;
+  weight?: number;
+  readBps?: number;
+  writeBps?: number;
+  readIops?: number;
+  writeIops?: number;
 }
 
 /** cpu.max's period: 100 ms, the kernel's default, so a cap is even at a human scale. */
@@ -57,10 +83,49 @@ export class DomainCgroup {
     this.path = join(support.root, name);
   }
 
-  /** Create the cgroup (or reuse a leftover empty one) and write the limits. */
+  /**
+   * Create the cgroup and write the limits. A leftover empty one is removed first, so no
+   * io.max line or memory.high of an earlier start outlives a changed spec.
+   */
   create(limits: CgroupLimits): void {
+    this.remove();
     mkdirSync(this.path, { recursive: true });
     this.apply(limits);
+  }
+
+  /**
+   * Write the io controller's files; returns what the host could not take, for the log
+   * (the issue's rule: where the host lacks a controller, say so and carry on).
+   */
+  applyIo(io: CgroupIoLimits): string[] {
+    const asked = io.weight !== undefined || io.devices.length > 0;
+    if (!asked) return [];
+    if (!this.controllers.includes("io"))
+      return ["the io controller is not available here: ioWeight and ioDevices are not applied"];
+    const notes: string[] = [];
+    const weights = [
+      ...(io.weight !== undefined ? [`default ${io.weight}`] : []),
+      ...io.devices.flatMap((d) => (d.weight !== undefined ? [`${d.disk} ${d.weight}`] : [])),
+    ];
+    // io.weight needs the kernel's iocost, io.bfq.weight the BFQ scheduler; libvirt writes
+    // whichever the host has, and so does Vessel.
+    let weighed = weights.length === 0;
+    for (const file of ["io.weight", "io.bfq.weight"]) {
+      if (weights.length === 0 || !existsSync(join(this.path, file))) continue;
+      for (const line of weights) this.write(file, line);
+      weighed = true;
+    }
+    if (!weighed)
+      notes.push("the kernel has neither io.weight nor io.bfq.weight: weights not applied");
+    for (const d of io.devices) {
+      const max = (v: number | undefined) => (v === undefined ? "max" : String(v));
+      if ([d.readBps, d.writeBps, d.readIops, d.writeIops].every((v) => v === undefined)) continue;
+      this.write(
+        "io.max",
+        `${d.disk} rbps=${max(d.readBps)} wbps=${max(d.writeBps)} riops=${max(d.readIops)} wiops=${max(d.writeIops)}`,
+      );
+    }
+    return notes;
   }
 
   apply(limits: CgroupLimits): void {
@@ -76,6 +141,7 @@ export class DomainCgroup {
     }
     if (this.controllers.includes("memory") && limits.memoryMaxBytes !== undefined) {
       this.write("memory.max", String(limits.memoryMaxBytes));
+      this.write("memory.high", String(limits.memoryHighBytes ?? "max"));
       // Guest RAM must not be swapped behind the guest's back by a limit it cannot see.
       this.write("memory.swap.max", "0", true);
     }
@@ -120,6 +186,33 @@ export class DomainCgroup {
     }
   }
 }
+
+/**
+ * The whole disk ("MAJ:MIN") that `path` means for io.max: a block device node itself, a
+ * "MAJ:MIN" as given, or, for any other file, the disk its file system lives on. A partition
+ * becomes its disk (the kernel takes io.max for whole disks only); a file system without a
+ * disk (tmpfs, 9p, overlay) is an error that says so.
+ */
+export function wholeDiskOf(path: string, sys = "/sys"): string {
+  let majMin: string;
+  if (/^\d+:\d+$/.test(path)) majMin = path;
+  else {
+    const st = statSync(path, { bigint: true });
+    const dev = st.isBlockDevice() ? st.rdev : st.dev;
+    majMin = `${devMajor(dev)}:${devMinor(dev)}`;
+  }
+  const node = join(sys, "dev/block", majMin);
+  if (!existsSync(node))
+    throw new Error(
+      `${path} is not on a block device (device ${majMin} has no disk: tmpfs, 9p or overlay)`,
+    );
+  if (!existsSync(join(node, "partition"))) return majMin;
+  return readFileSync(join(dirname(realpathSync(node)), "dev"), "utf8").trim();
+}
+
+// Linux's dev_t encoding (new_encode_dev): 12 bits of major and 20 of minor, split.
+const devMajor = (dev: bigint) => Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+const devMinor = (dev: bigint) => Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
 
 /**
  * memory.max for a domain: its guest RAM plus what the VMM itself needs, from measurements

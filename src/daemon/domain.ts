@@ -37,7 +37,14 @@ import {
 import { libc } from "../host/mod.js";
 import { writeFileAtomic } from "../vmm/atomic_file.js";
 import { ControlClient } from "../vmm/control.js";
-import { type CgroupLimits, type CgroupSupport, DomainCgroup, memoryMaxFor } from "./cgroup.js";
+import {
+  type CgroupIoLimits,
+  type CgroupLimits,
+  type CgroupSupport,
+  DomainCgroup,
+  memoryMaxFor,
+  wholeDiskOf,
+} from "./cgroup.js";
 import { DomainError } from "./errors.js";
 import { type DaemonPaths, domainLogPath, domainRunFiles } from "./paths.js";
 
@@ -323,7 +330,10 @@ export class Domain {
     const cg = new DomainCgroup(support, spec.name);
     try {
       cg.create(limitsFor(spec));
+      for (const note of cg.applyIo(ioLimitsFor(spec)))
+        this.ctx.log(`domain ${spec.name}: ${note}`);
     } catch (e) {
+      cg.remove();
       throw new DomainError(
         "START_FAILED",
         `domain ${spec.name}: cannot set up its cgroup: ${e instanceof Error ? e.message : e}`,
@@ -885,7 +895,30 @@ export function limitsFor(spec: DomainSpec): CgroupLimits {
     ...(spec.cpuWeight !== undefined
       ? { cpuWeight: Math.min(10000, Math.max(1, Math.round((spec.cpuWeight * 100) / 256))) }
       : {}),
-    memoryMaxBytes: memoryMaxFor(bootMemory(spec), spec.vcpus, devices),
+    memoryMaxBytes:
+      spec.memoryLimit !== undefined
+        ? sizeBytes("memoryLimit", spec.memoryLimit)
+        : memoryMaxFor(bootMemory(spec), spec.vcpus, devices),
+    ...(spec.memorySoftLimit !== undefined
+      ? { memoryHighBytes: sizeBytes("memorySoftLimit", spec.memorySoftLimit) }
+      : {}),
+  };
+}
+
+/** The io controller's lines a spec asks for, each device resolved to its host disk now. */
+export function ioLimitsFor(spec: DomainSpec, sys?: string): CgroupIoLimits {
+  return {
+    ...(spec.ioWeight !== undefined ? { weight: spec.ioWeight } : {}),
+    devices: (spec.ioDevices ?? []).map(({ device, ...settings }, i) => {
+      try {
+        return { disk: wholeDiskOf(device, sys), ...settings };
+      } catch (e) {
+        const why = (e as NodeJS.ErrnoException).code ?? (e instanceof Error ? e.message : e);
+        throw new Error(
+          `ioDevices/${i}/device: ${why === "ENOENT" ? `${device}: no such file` : why}`,
+        );
+      }
+    }),
   };
 }
 

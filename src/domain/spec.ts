@@ -107,6 +107,24 @@ export function expandCpuList(list: string): number[] {
 /** Highest host CPU number a cpulist may name (the kernel's NR_CPUS ceiling on x86-64). */
 export const MAX_HOST_CPU = 8191;
 
+/** io.max and io.weight lines for one host block device (libvirt's blkiotune/device). */
+export const IoDeviceSpec = Type.Object(
+  {
+    device: Type.String({
+      minLength: 1,
+      description:
+        "a host block device (/dev/sda), MAJ:MIN, or a file (its file system's disk is meant)",
+    }),
+    weight: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    readBps: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
+    writeBps: Type.Optional(Type.Integer({ minimum: 1, description: "bytes per second" })),
+    readIops: Type.Optional(Type.Integer({ minimum: 1 })),
+    writeIops: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+export type IoDeviceSpec = Static<typeof IoDeviceSpec>;
+
 export const VsockSpec = Type.Object(
   {
     cid: Type.Integer({ minimum: 3, maximum: 2 ** 32 - 2, description: "guest context ID" }),
@@ -156,6 +174,14 @@ export const DomainSpec = Type.Object(
     cpuWeight: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
     /** Ceiling in percent of one host CPU (xl cap: 100 is one CPU, 400 four). */
     cpuCap: Type.Optional(Type.Integer({ minimum: 1, maximum: 254 * 100 })),
+    /** memory.max instead of the computed guest RAM plus VMM overhead (libvirt hard_limit). */
+    memoryLimit: Type.Optional(Size),
+    /** memory.high: above it the kernel reclaims from the domain (libvirt soft_limit). */
+    memorySoftLimit: Type.Optional(Size),
+    /** io.weight, cgroup's scale: 1..10000, 100 the default (libvirt blkiotune weight). */
+    ioWeight: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    /** Per host block device io.max and io.weight (libvirt blkiotune/device). */
+    ioDevices: Type.Optional(Type.Array(IoDeviceSpec, { maxItems: 16 })),
     /** Host CPUs for the VMM's own threads (main and I/O), apart from the vCPUs'. */
     vmmCpus: Type.Optional(CpuList),
     /** A virtio-vsock device (Firecracker's vsock). */
@@ -202,6 +228,17 @@ export function parseDomainSpec(value: unknown): DomainSpec {
   if (memory < 16 * 2 ** 20) throw new SpecError("memory", "too little memory (at least 16M)");
   if (spec.maxMemory !== undefined && sizeBytes("maxMemory", spec.maxMemory) < memory)
     throw new SpecError("maxMemory", "is below memory");
+  checkMemoryLimits(spec, Math.max(memory, sizeBytes("maxMemory", spec.maxMemory ?? memory)));
+  (spec.ioDevices ?? []).forEach((d, i) => {
+    const { device: _device, ...settings } = d;
+    if (Object.keys(settings).length === 0)
+      throw new SpecError(
+        `ioDevices/${i}`,
+        "sets nothing (weight, readBps, writeBps, readIops or writeIops)",
+      );
+    const earlier = (spec.ioDevices ?? []).findIndex((e) => e.device === d.device);
+    if (earlier < i) throw new SpecError(`ioDevices/${i}/device`, `same as ioDevices/${earlier}`);
+  });
   if (spec.maxVcpus !== undefined && spec.maxVcpus < spec.vcpus)
     throw new SpecError("maxVcpus", "is below vcpus");
   if (spec.cpus !== undefined) checkCpuList("cpus", spec.cpus);
@@ -224,6 +261,18 @@ export function parseDomainSpec(value: unknown): DomainSpec {
     checkCpuList(`vcpuPin/${vcpu}`, list);
   }
   return spec;
+}
+
+function checkMemoryLimits(spec: DomainSpec, ram: number): void {
+  const hard =
+    spec.memoryLimit === undefined ? undefined : sizeBytes("memoryLimit", spec.memoryLimit);
+  // Below the guest's RAM the kernel would kill the VMM once the guest used its memory.
+  if (hard !== undefined && hard < ram)
+    throw new SpecError("memoryLimit", `is below the guest's RAM (${ram} bytes)`);
+  if (spec.memorySoftLimit === undefined) return;
+  const soft = sizeBytes("memorySoftLimit", spec.memorySoftLimit);
+  if (hard !== undefined && soft > hard)
+    throw new SpecError("memorySoftLimit", "is above memoryLimit");
 }
 
 function checkBursts(field: string, limits: IoLimits | undefined): void {
@@ -253,7 +302,8 @@ function describeProblem(value: unknown, field: string, message: string): string
     return "keys are vCPU numbers (0, 1, ...)";
   if (message.startsWith("Unexpected property")) return "unknown key (not part of the domain spec)";
   // TypeBox reports a union mismatch without saying what would do; say it.
-  if (/^(memory|maxMemory)$/.test(field)) return "expected bytes or a size like 512M";
+  if (/^(memory|maxMemory|memoryLimit|memorySoftLimit)$/.test(field))
+    return "expected bytes or a size like 512M";
   if (/^on(Poweroff|Reboot|Crash)$/.test(field))
     return "expected one of destroy, restart, preserve";
   if (field === "console") return "expected serial or virtio";
@@ -286,6 +336,10 @@ type OptionalWithoutDefault =
   | "cpuWeight"
   | "cpuCap"
   | "vmmCpus"
+  | "memoryLimit"
+  | "memorySoftLimit"
+  | "ioWeight"
+  | "ioDevices"
   | "vsock";
 
 /** The spec with defaults filled in, as the VMM process is started from it. */

@@ -60,3 +60,49 @@ test("I/O limits on disks and each way on network devices; a burst needs its rat
     /^SpecError: nets\/0\/limits: not with vhost/,
   );
 });
+
+test("memory and block-I/O cgroup settings: checked against the guest's RAM and each other", () => {
+  const spec = parseDomainSpec({
+    ...base,
+    memoryLimit: "1G",
+    memorySoftLimit: "128M",
+    ioWeight: 800,
+    ioDevices: [
+      { device: "/dev/sda", weight: 1000 },
+      { device: "8:16", readBps: 10_000 },
+    ],
+  });
+  assert.equal(spec.ioDevices?.length, 2);
+  assert.throws(
+    () => parseDomainSpec({ ...base, maxMemory: "128M", memoryLimit: "100M" }),
+    /^SpecError: memoryLimit: is below the guest's RAM \(134217728 bytes\)/,
+  );
+  assert.throws(
+    () => parseDomainSpec({ ...base, memoryLimit: "1G", memorySoftLimit: "2G" }),
+    /^SpecError: memorySoftLimit: is above memoryLimit/,
+  );
+  assert.throws(
+    () => parseDomainSpec({ ...base, memorySoftLimit: "lots" }),
+    /^SpecError: memorySoftLimit: expected bytes or a size like 512M/,
+  );
+  assert.throws(() => parseDomainSpec({ ...base, ioWeight: 0 }), /^SpecError: ioWeight: /);
+  assert.throws(
+    () => parseDomainSpec({ ...base, ioDevices: [{ device: "/dev/sda" }] }),
+    /^SpecError: ioDevices\/0: sets nothing/,
+  );
+  assert.throws(
+    () =>
+      parseDomainSpec({
+        ...base,
+        ioDevices: [
+          { device: "/dev/sda", weight: 1 },
+          { device: "/dev/sda", readIops: 1 },
+        ],
+      }),
+    /^SpecError: ioDevices\/1\/device: same as ioDevices\/0/,
+  );
+  assert.throws(
+    () => parseDomainSpec({ ...base, ioDevices: [{ device: "/d", readbps: 1 }] }),
+    /^SpecError: ioDevices\/0\/readbps: unknown key/,
+  );
+});

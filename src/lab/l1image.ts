@@ -29,9 +29,13 @@ export const L1_MODULES: readonly string[] = [
   "9p",
   "virtio_rng",
 ];
-/** Loaded when present, for scenarios that need them (loop disks, taps, vhost, bridges). */
+/**
+ * Loaded when present, for scenarios that need them (loop disks, taps, vhost, bridges).
+ * 6.1's ext4 asks for crc32c at every mount, and the generic kernel has it as a module.
+ */
 export const L1_OPTIONAL_MODULES: readonly string[] = [
   "loop",
+  "crc32c_generic",
   "ext4",
   "tun",
   "tap",

@@ -51,7 +51,7 @@ export const domainCases: LabCase[] = [
   },
   {
     scenario: {
-      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change), disk and network rate limits, vCPU pinning, metrics",
+      name: "resources: cgroup limits (cap 50 % → half a CPU, runtime change, io.max, memory.high), disk and network rate limits, vCPU pinning, metrics",
       script: node("tests/lab/resources_scenario.js"),
       timeoutSec: 600,
     },
@@ -60,7 +60,7 @@ export const domainCases: LabCase[] = [
       assert.deepEqual(failed, [], "steps failed");
       for (const l of r.output.split("\n").filter((x) => x.startsWith("RESOURCES ")))
         process.stderr.write(`lab: ${l}\n`);
-      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 7);
+      assert.equal((r.output.match(/^CHECK .* ok$/gm) ?? []).length, 8);
       assert.match(r.output, /RESOURCES-SCENARIO-DONE failures=0/);
       assert.equal(r.exitCode, 0);
     },

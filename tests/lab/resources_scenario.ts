@@ -3,8 +3,8 @@
 // 50 % of a CPU and must use about half a CPU of host time; its cgroup files show the
 // limits; pinned vCPU threads show the pinned CPUs in the kernel's own view; the cap changes
 // at runtime; /metrics reports the throttling; a disk limited to 10 MiB/s reads at that
-// rate in the guest, and faster once the limit is raised; a network device limited each way
-// likewise. Steps print `CHECK <what> ok|FAILED`.
+// rate in the guest, and faster once the limit is raised; the cgroup's io.max on a disk's
+// host block device holds the guest to it; a network device limited each way likewise. Steps print `CHECK <what> ok|FAILED`.
 
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -109,6 +109,27 @@ try {
   });
   await d.client.destroy("capped");
 
+  // One guest serves both disk checks: vda is limited by the VMM's token bucket, vdb by the
+  // kernel's io.max on the loop disk its image lives on (the lab's tmpfs has no disk).
+  const sh = (cmd: string) => execFileSync("sh", ["-c", cmd], { stdio: "pipe" }).toString();
+  const ioDir = join(d.dir, "iodisk");
+  let loop = "";
+  let diskConsole: ConsoleSession | undefined;
+  let diskCgroup = "";
+  /** MiB/s at which the guest reads `mib` MiB of `dev` with direct I/O. */
+  const guestRead = async (c: ConsoleSession, tag: string, dev: string, mib: number) => {
+    // busybox's dd prints no timing here: the guest's uptime before and after says it.
+    c.type(
+      `s=$(cut -d' ' -f1 /proc/uptime); dd if=${dev} of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); echo ${tag}-$s-$e-T\n`,
+    );
+    const m = await waitFor(
+      `${tag} dd`,
+      () => new RegExp(`${tag}-([0-9.]+)-([0-9.]+)-T`).exec(c.output) ?? undefined,
+      120_000,
+    );
+    return mib / (Number(m[2]) - Number(m[1]));
+  };
+
   await check(
     "a disk limited to 10 MiB/s reads at about 10 MiB/s in the guest; 20 MiB/s after vessel limit",
     async () => {
@@ -116,6 +137,13 @@ try {
       const { writeFileSync: write, truncateSync } = await import("node:fs");
       write(image, "");
       truncateSync(image, 128 * 2 ** 20);
+      // The second disk's image has real blocks on an ext4 on a loop device, and is out of
+      // the page cache when the guest reads it, so its reads reach the disk io.max meters.
+      sh(`mkdir -p ${ioDir} && truncate -s 160M ${ioDir}.backing`);
+      loop = sh(`losetup -f --show ${ioDir}.backing`).trim();
+      sh(`mkfs.ext4 -q ${loop} && mount -t ext4 ${loop} ${ioDir}`);
+      sh(`dd if=/dev/zero of=${ioDir}/io.img bs=1M count=40 conv=fsync 2>/dev/null`);
+      sh("sync && echo 3 > /proc/sys/vm/drop_caches");
       const img = defaultImagePaths();
       const info = await d.client.create({
         name: "disk",
@@ -126,35 +154,30 @@ try {
         cmdline: "console=ttyS0 reboot=k panic=-1 quiet",
         // A 1 MiB burst: with the default (one second's worth) the first 10 MiB would come at
         // once and 48 MiB would average 12.6 MiB/s, which is the bucket working, not the rate.
-        disks: [{ path: image, limits: { bandwidth: 10 * 2 ** 20, bandwidthBurst: 2 ** 20 } }],
+        disks: [
+          { path: image, limits: { bandwidth: 10 * 2 ** 20, bandwidthBurst: 2 ** 20 } },
+          { path: join(ioDir, "io.img"), readOnly: true },
+        ],
+        memoryLimit: "600M",
+        memorySoftLimit: "500M",
+        ioWeight: 300,
+        ioDevices: [{ device: join(ioDir, "io.img"), readBps: 8 * 2 ** 20 }],
       });
+      diskCgroup = info.cgroup ?? "";
       const c = await ConsoleSession.connect(info.consoleSocket ?? "");
+      diskConsole = c;
       await c.waitFor("vessel:/# ", 240_000);
-      const rate = async (tag: string) => {
-        // 48 MiB with direct I/O: the first MiB comes from the burst, the rest at the limit.
-        // busybox's dd prints no timing here: the guest's uptime before and after says it.
-        c.type(
-          `s=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M count=48 iflag=direct 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); echo ${tag}-$s-$e-T\n`,
-        );
-        const m = await waitFor(
-          `${tag} dd`,
-          () => new RegExp(`${tag}-([0-9.]+)-([0-9.]+)-T`).exec(c.output) ?? undefined,
-          120_000,
-        );
-        const secs = Number(m[2]) - Number(m[1]);
-        return 48 / secs;
-      };
+      // 48 MiB with direct I/O: the first MiB comes from the burst, the rest at the limit.
+      const rate = (tag: string) => guestRead(c, tag, "/dev/vda", 48);
       const limited = await rate("LIM10");
       await d.client.setDiskLimits("disk", 0, {
         bandwidth: 20 * 2 ** 20,
         bandwidthBurst: 2 ** 20,
       });
       const raised = await rate("LIM20");
-      c.close();
       process.stdout.write(
         `RESOURCES disk read at 10 MiB/s limit: ${limited.toFixed(1)} MiB/s; at 20 MiB/s: ${raised.toFixed(1)} MiB/s\n`,
       );
-      await d.client.destroy("disk");
       if (limited < 8 || limited > 12)
         throw new Error(`${limited.toFixed(1)} MiB/s under a 10 MiB/s limit`);
       if (raised < 15 || raised > 24)
@@ -163,10 +186,45 @@ try {
   );
 
   await check(
+    "cgroup io.max (8 MiB/s on the image's loop disk) holds the guest's reads to it; io.weight, memory.max and memory.high are the spec's",
+    async () => {
+      try {
+        if (!diskConsole || !diskCgroup) throw new Error("the disk domain did not start");
+        const read = (f: string) => readFileSync(join(diskCgroup, f), "utf8").trim();
+        const majMin = sh(`lsblk -dno MAJ:MIN ${loop}`).trim();
+        const ioMax = read("io.max");
+        if (ioMax !== `${majMin} rbps=8388608 wbps=max riops=max wiops=max`)
+          throw new Error(`io.max "${ioMax}", expected ${majMin} at rbps=8388608`);
+        if (!read("io.weight").split("\n").includes("default 300"))
+          throw new Error(`io.weight "${read("io.weight")}"`);
+        if (read("memory.max") !== String(600 * 2 ** 20))
+          throw new Error(`memory.max ${read("memory.max")}`);
+        if (read("memory.high") !== String(500 * 2 ** 20))
+          throw new Error(`memory.high ${read("memory.high")}`);
+        const rate = await guestRead(diskConsole, "IOMAX", "/dev/vdb", 32);
+        const rbytes = Number(
+          new RegExp(`^${majMin} rbytes=(\\d+)`, "m").exec(read("io.stat"))?.[1],
+        );
+        process.stdout.write(
+          `RESOURCES io.max 8 MiB/s on ${loop} (${majMin}): the guest read vdb at ${rate.toFixed(1)} MiB/s; io.stat rbytes ${rbytes}\n`,
+        );
+        if (!(rbytes >= 32 * 2 ** 20)) throw new Error(`io.stat counts ${rbytes} bytes read`);
+        if (rate < 6 || rate > 10) throw new Error(`${rate.toFixed(1)} MiB/s under 8 MiB/s`);
+      } finally {
+        diskConsole?.close();
+        await d.client.destroy("disk").catch(() => {});
+        await waitFor("the disk domain to go", async () =>
+          (await d.client.list()).some((x) => x.name === "disk") ? undefined : true,
+        ).catch(() => {});
+        if (loop) sh(`umount ${ioDir}; losetup -d ${loop}; true`);
+      }
+    },
+  );
+
+  await check(
     "network limits: the guest receives at about 5 MiB/s, then 10 after vessel limit; it sends at about a third, then two thirds, of its unlimited rate",
     async () => {
       const tap = "vlim0";
-      const sh = (cmd: string) => execFileSync("sh", ["-c", cmd], { stdio: "pipe" });
       sh(`ip link del ${tap} 2>/dev/null; ip tuntap add dev ${tap} mode tap vnet_hdr`);
       sh(`ip addr add 10.203.0.1/24 dev ${tap} && ip link set ${tap} up`);
       // The host end: port 5001 times what the guest sends (first byte to end of stream);
