@@ -159,7 +159,7 @@ test("a jailed VMM runs as its own user with no capabilities, no_new_privs and s
       assert.equal(t.get("CapEff"), "0000000000000000", `thread ${tid} CapEff`);
     }
 
-    for (const ns of ["mnt", "pid"]) {
+    for (const ns of ["mnt", "pid", "net"]) {
       assert.notEqual(
         readlinkSync(`/proc/${vm.pid}/ns/${ns}`),
         readlinkSync(`/proc/self/ns/${ns}`),
@@ -173,6 +173,20 @@ test("a jailed VMM runs as its own user with no capabilities, no_new_privs and s
       taps: [TAP],
     });
     assert.ok(plan.readOnly.includes(`/sys/class/net/${TAP}/statistics`));
+    // Its network namespace is empty, yet its TAP fd is bound to the host's vjail0: the TAP
+    // was opened in the host's namespace (in its own, TUNSETIFF would have made a new one).
+    const netDevs = (pid: number | "self") =>
+      readFileSync(`/proc/${pid}/net/dev`, "utf8")
+        .split("\n")
+        .slice(2)
+        .map((l) => l.split(":")[0]?.trim())
+        .filter(Boolean);
+    assert.deepEqual(netDevs(vm.pid), ["lo"]);
+    assert.ok(netDevs("self").includes(TAP));
+    const tunFds = readdirSync(`/proc/${vm.pid}/fdinfo`).filter((fd) =>
+      readFileSync(`/proc/${vm.pid}/fdinfo/${fd}`, "utf8").includes(`iff:\t${TAP}`),
+    );
+    assert.equal(tunFds.length, 1, "one fd on the TAP");
     const expected = ["/", ...[...plan.readOnly, ...plan.writable].map((p) => realpathSync(p))];
     const mounts = readFileSync(`/proc/${vm.pid}/mountinfo`, "utf8")
       .trim()
@@ -208,6 +222,41 @@ test("a jailed VMM runs as its own user with no capabilities, no_new_privs and s
     vm.control.close();
     vm.launcher.kill("SIGKILL");
     ip("tuntap", "del", "dev", TAP, "mode", "tap");
+  }
+});
+
+test("with vsock, the jail shows the uds's directory when it holds only sockets, and says why not otherwise", async () => {
+  requireRootAndKvm();
+  const own = join(dir, "vsock-own");
+  const shared = join(dir, "vsock-shared");
+  mkdirSync(own);
+  mkdirSync(shared);
+  writeFileSync(join(shared, "notes.txt"), "not a socket");
+  const shown = await startJailed("vsock-shown", ["--vsock", `cid=3,uds=${join(own, "v.sock")}`]);
+  const hidden = await startJailed("vsock-hidden", [
+    "--vsock",
+    `cid=4,uds=${join(shared, "v.sock")}`,
+  ]);
+  try {
+    const mounts = (pid: number) =>
+      readFileSync(`/proc/${pid}/mountinfo`, "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => l.split(" ")[4] as string);
+    assert.ok(mounts(shown.pid).includes(realpathSync(own)), mounts(shown.pid).join(" "));
+    // Read-only, like the rest of the jail: host programs make the <uds>_<port> sockets.
+    assert.ok(existsSync(`/proc/${shown.pid}/root${own}/v.sock`));
+    assert.ok(!mounts(hidden.pid).includes(realpathSync(shared)));
+    assert.match(
+      hidden.output(),
+      /--jail: guest vsock connections to host ports are off: .*vsock-shared holds more than sockets \(notes\.txt\)/,
+    );
+    assert.doesNotMatch(shown.output(), /vsock connections to host ports are off/);
+  } finally {
+    for (const vm of [shown, hidden]) {
+      vm.control.close();
+      vm.launcher.kill("SIGKILL");
+    }
   }
 });
 

@@ -145,6 +145,7 @@ async function prepareJail(flags: RunFlags): Promise<JailOptions | undefined> {
       gid: jail.parseJailId("--jail-gid", flags.jailGid),
       outcomeFile: flags.outcomeFile,
       taps: (flags.net ?? []).map((n) => parseNet(n).tap),
+      vsockUds: flags.vsock?.[0] !== undefined ? parseVsock(flags.vsock[0]).uds : undefined,
     };
   } catch (e) {
     if (e instanceof RangeError) throw new UsageError(e.message);
@@ -197,17 +198,23 @@ export async function runCommand(flags: RunFlags): Promise<number> {
         process.stdout.write(Buffer.from(bytes));
       };
   let devices: VirtioDevice[];
+  // A jailed VMM lives in an empty network namespace; its TAPs are the host's.
+  const inHostNetwork = jailOptions
+    ? (await jailModule()).withHostNetwork
+    : <T>(open: () => Promise<T>) => open();
   try {
-    devices = await openDevices(
-      {
-        disks: flags.disk ?? [],
-        nets: flags.net ?? [],
-        rng: flags.rng === true,
-        balloon: flags.balloon === true,
-        ...(flags.vsock?.[0] !== undefined ? { vsock: flags.vsock[0] } : {}),
-        ...(flags.console === "virtio" ? { virtioConsoleOut: toTerminal } : {}),
-      },
-      watcher,
+    devices = await inHostNetwork(() =>
+      openDevices(
+        {
+          disks: flags.disk ?? [],
+          nets: flags.net ?? [],
+          rng: flags.rng === true,
+          balloon: flags.balloon === true,
+          ...(flags.vsock?.[0] !== undefined ? { vsock: flags.vsock[0] } : {}),
+          ...(flags.console === "virtio" ? { virtioConsoleOut: toTerminal } : {}),
+        },
+        watcher,
+      ),
     );
   } catch (e) {
     watcher.close();

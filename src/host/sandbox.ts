@@ -1,6 +1,6 @@
 // libc calls a process uses to confine itself: mounts and pivot_root for a private root,
-// credentials and capabilities, prctl, seccomp, and execve for re-executing through a
-// namespace launcher. Thin typed wrappers that turn a failure into a HostError naming the
+// setns for a thread's network namespace, credentials and capabilities, prctl, seccomp, and
+// execve for re-executing through a namespace launcher. Thin typed wrappers that turn a failure into a HostError naming the
 // call; which mounts, which ids and which filter are decided above this layer (src/jail/).
 
 import koffi from "koffi";
@@ -20,6 +20,7 @@ const prctlFn = lib.func(
   "int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)",
 );
 const fcntlFn = lib.func("int fcntl(int fd, int cmd, int arg)");
+const setnsFn = lib.func("int setns(int fd, int nstype)");
 const execveFn = lib.func("int execve(const char *path, const char **argv, const char **envp)");
 const syscallStr = lib.func("long syscall(long nr, const char *a, const char *b)");
 // Anonymous structs: a named koffi type is process-wide and could not be declared twice.
@@ -58,6 +59,9 @@ export const PR_SET_NO_NEW_PRIVS = 38;
 export const PR_GET_NO_NEW_PRIVS = 39;
 export const PR_CAP_AMBIENT = 47;
 export const PR_CAP_AMBIENT_CLEAR_ALL = 4;
+
+/** <linux/sched.h>: the network namespace, for setns(2). */
+export const CLONE_NEWNET = 0x40000000;
 
 // seccomp(2), from <linux/seccomp.h>.
 export const SECCOMP_SET_MODE_FILTER = 1;
@@ -147,6 +151,11 @@ export function seccompSetFilter(program: Uint8Array, flags: number): void {
   );
   if (r < 0) throw new HostError("seccomp(SECCOMP_SET_MODE_FILTER)", koffi.errno());
   if (r > 0) throw new HostError("seccomp(SECCOMP_SET_MODE_FILTER)", 0, `thread ${r} differs`);
+}
+
+/** setns(2): move the calling thread (only it) into the namespace `fd` refers to. */
+export function setns(fd: number, nstype: number): void {
+  check("setns", setnsFn(fd, nstype));
 }
 
 /** Clear FD_CLOEXEC, so the fd survives an execve (Node marks its stdio close-on-exec). */

@@ -33,6 +33,8 @@ export const VHOST_VIRTIO = 0xaf;
 export const TTY_AND_TUN = 0x54;
 /** <asm-generic/ioctls.h>: fake terminal input; with the user's terminal it types commands. */
 export const TIOCSTI = 0x5412;
+/** <sys/socket.h>: the only socket family a VMM with vsock may create. */
+export const AF_UNIX = 1;
 /** <asm-generic/ioctls.h>: console-specific subcommands (selection paste). */
 export const TIOCLINUX = 0x541c;
 
@@ -162,8 +164,20 @@ export const EXAMPLES_FORBIDDEN: readonly SyscallName[] = [
   "seccomp",
 ];
 
+/** What a VMM with a vsock device adds: guest connections to the host's `<uds>_<port>`. */
+export const VSOCK_CONNECT: SyscallGroup = {
+  why: "vsock: a guest's connection to host port P connects to the Unix socket <uds>_P",
+  // socket only for AF_UNIX (checked in vmmFilter); libuv reads SO_ERROR once connected.
+  calls: ["socket", "connect", "getsockopt"],
+};
+
+export interface FilterOptions {
+  /** Allow AF_UNIX sockets to be made and connected (a vsock device's outbound path). */
+  unixConnect?: boolean;
+}
+
 /** The VMM's filter as BPF instructions. */
-export function vmmFilter(): Insn[] {
+export function vmmFilter(opts: FilterOptions = {}): Insn[] {
   const nr = (name: SyscallName) => X86_64[name];
   const asm = new BpfAssembler();
   // A call made through another ABI (i386 int 0x80) has other numbers: kill it outright.
@@ -174,6 +188,10 @@ export function vmmFilter(): Insn[] {
   asm.jeq(nr("ioctl"), "ioctl");
   asm.jeq(nr("clone"), "clone");
   asm.jeq(nr("prctl"), "prctl");
+  if (opts.unixConnect) {
+    asm.jeq(nr("socket"), "socket");
+    asm.jeq(nr("connect"), "allow").jeq(nr("getsockopt"), "allow");
+  }
   for (const name of REFUSED_ENOSYS) asm.jeq(nr(name), "enosys");
   for (const group of ALLOWED) for (const name of group.calls) asm.jeq(nr(name), "allow");
   asm.jump("kill");
@@ -196,6 +214,14 @@ export function vmmFilter(): Insn[] {
   asm.jeq(PR_SET_NAME, "allow").jeq(PR_GET_NAME, "allow").jeq(PR_SET_VMA, "allow");
   asm.jump("kill");
 
+  // socket: Unix only. The jail's network namespace is empty, and its mount namespace
+  // shows only the vsock's own directory, so there is nothing else to connect to.
+  if (opts.unixConnect) {
+    asm.label("socket").loadWord(argLow(0));
+    asm.jeq(AF_UNIX, "allow");
+    asm.jump("kill");
+  }
+
   asm.label("kill").ret(SECCOMP_RET_KILL_PROCESS);
   asm.label("allow").ret(SECCOMP_RET_ALLOW);
   asm.label("enosys").ret(SECCOMP_RET_ERRNO | ENOSYS);
@@ -203,6 +229,6 @@ export function vmmFilter(): Insn[] {
 }
 
 /** The filter as seccomp(2) takes it. */
-export function vmmFilterProgram(): Uint8Array {
-  return encode(vmmFilter());
+export function vmmFilterProgram(opts: FilterOptions = {}): Uint8Array {
+  return encode(vmmFilter(opts));
 }

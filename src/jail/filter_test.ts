@@ -5,6 +5,9 @@
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import {
   ALLOWED,
@@ -16,6 +19,7 @@ import {
   SECCOMP_RET_ERRNO,
   SECCOMP_RET_KILL_PROCESS,
   TIOCSTI,
+  VSOCK_CONNECT,
   vmmFilter,
 } from "./filter.js";
 import { X86_64 } from "./syscalls.js";
@@ -94,8 +98,27 @@ test("prctl: naming only", () => {
   assert.equal(call(X86_64.prctl, [PR_SET_SECCOMP]), SECCOMP_RET_KILL_PROCESS);
 });
 
-/** Run `body` in a child Node that installs the VMM's filter first. */
-function underFilter(body: string) {
+test("with a vsock device: Unix sockets may be made and connected, no other family", () => {
+  const vsock = vmmFilter({ unixConnect: true });
+  const with_ = (nr: number, args: bigint[] = []) =>
+    runFilter(vsock, { nr, arch: AUDIT_ARCH_X86_64, args });
+  for (const name of VSOCK_CONNECT.calls.filter((n) => n !== "socket")) {
+    assert.equal(with_(X86_64[name]), SECCOMP_RET_ALLOW, name);
+    assert.equal(call(X86_64[name]), SECCOMP_RET_KILL_PROCESS, `${name} without vsock`);
+  }
+  // AF_UNIX with SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, as libuv asks.
+  assert.equal(with_(X86_64.socket, [1n, 0x80801n]), SECCOMP_RET_ALLOW);
+  for (const family of [2n /* INET */, 10n /* INET6 */, 16n /* NETLINK */, 17n /* PACKET */])
+    assert.equal(with_(X86_64.socket, [family, 1n]), SECCOMP_RET_KILL_PROCESS, `${family}`);
+  // The kernel reads the family as an int: only the low word counts, to it and the filter.
+  assert.equal(with_(X86_64.socket, [1n | (1n << 32n), 1n]), SECCOMP_RET_ALLOW);
+  assert.equal(call(X86_64.socket, [1n, 1n]), SECCOMP_RET_KILL_PROCESS, "no vsock, no socket");
+  for (const name of EXAMPLES_FORBIDDEN.filter((n) => !VSOCK_CONNECT.calls.includes(n)))
+    assert.equal(with_(X86_64[name]), SECCOMP_RET_KILL_PROCESS, name);
+});
+
+/** Run `body` in a child Node that installs the VMM's filter first (after `before`). */
+function underFilter(body: string, opts: { unixConnect?: boolean } = {}, before = "") {
   const sandbox = new URL("../host/sandbox.js", import.meta.url).href;
   const filter = new URL("./filter.js", import.meta.url).href;
   const script = `
@@ -103,8 +126,9 @@ function underFilter(body: string) {
     const { vmmFilterProgram } = await import(${JSON.stringify(filter)});
     // As enterJail() does: Node asks what a socket is when it first uses it.
     for (const s of [process.stdout, process.stderr]) void s.writable;
+    ${before}
     sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1);
-    sandbox.seccompSetFilter(vmmFilterProgram(), sandbox.SECCOMP_FILTER_FLAG_TSYNC);
+    sandbox.seccompSetFilter(vmmFilterProgram(${JSON.stringify(opts)}), sandbox.SECCOMP_FILTER_FLAG_TSYNC);
     ${body}
   `;
   return spawnSync(process.execPath, ["--input-type=module", "-e", script], {
@@ -142,4 +166,31 @@ test("in the kernel: mount and execve are refused the same way", () => {
   assert.equal(mount.signal, "SIGSYS", mount.stderr);
   const exec = underFilter(`sandbox.execve("/bin/true", ["true"], []);`);
   assert.equal(exec.signal, "SIGSYS", exec.stderr);
+});
+
+test("in the kernel, with vsock: Node connects to a Unix socket and talks; AF_INET still kills", () => {
+  const path = join(mkdtempSync(join(tmpdir(), "vessel-filter-")), "s_5000");
+  const r = underFilter(
+    `
+    const { createConnection } = await import("node:net");
+    const reply = await new Promise((resolve, reject) => {
+      const c = createConnection({ path: ${JSON.stringify(path)} });
+      c.on("error", reject);
+      c.on("data", (b) => { resolve(b.toString()); c.destroy(); });
+      c.write("ping");
+    });
+    process.stdout.write("reply " + reply + "\\n");
+    const libc = await import(${JSON.stringify(new URL("../host/libc.js", import.meta.url).href)});
+    libc.socket(2, 1, 0);
+    process.stdout.write("still alive\\n");
+    `,
+    { unixConnect: true },
+    // The host program's listener, made before the filter (bind is never allowed).
+    `const { createServer } = await import("node:net");
+    const server = createServer((s) => s.on("data", (b) => s.write("pong:" + b)));
+    await new Promise((r) => server.listen(${JSON.stringify(path)}, r));
+    server.unref();`,
+  );
+  assert.equal(`${r.stdout}${r.stderr}`, "reply pong:ping\n", `signal ${r.signal}`);
+  assert.equal(r.signal, "SIGSYS", `status ${r.status}, stderr ${r.stderr}`);
 });

@@ -1,10 +1,10 @@
 // The VMM's jail (`vessel run --jail`): once every resource is open, the VMM process,
-// already in mount and PID namespaces of its own (launcher.ts), switches to a minimal root
+// already in mount, PID and network namespaces of its own (launcher.ts), switches to a minimal root
 // (root.ts), drops to the domain's unprivileged user with no capabilities and
 // no_new_privs (credentials.ts), and installs a seccomp filter on every thread that kills
 // it on any call outside the allow-list (filter.ts).
 
-import { accessSync, constants, existsSync, readlinkSync } from "node:fs";
+import { accessSync, constants, existsSync, lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { libc, sandbox } from "../host/mod.js";
@@ -13,7 +13,7 @@ import { vmmFilterProgram } from "./filter.js";
 import { assertOwnNamespaces } from "./launcher.js";
 import { pivotIntoJail, type RootPlan } from "./root.js";
 
-export { relaunched, relaunchInNamespaces } from "./launcher.js";
+export { relaunched, relaunchInNamespaces, withHostNetwork } from "./launcher.js";
 
 /**
  * One uid and gid per domain: the daemon should give each domain its own from this range
@@ -30,6 +30,28 @@ export interface JailOptions {
   outcomeFile?: string | undefined;
   /** TAP interfaces whose sysfs counters the VMM reads. */
   taps?: readonly string[];
+  /** A vsock device's Unix socket: guests connect to `<uds>_<port>` beside it. */
+  vsockUds?: string | undefined;
+}
+
+/**
+ * The vsock socket's directory, if the jail may show it: guests' connections to host port P
+ * go to `<uds>_P` there, made by host programs at any time, so the whole directory must be
+ * visible. Only a directory holding nothing but sockets is shown (read-only): /tmp or a home
+ * directory would hand the VMM everything in it. Otherwise the reason, for a warning.
+ */
+export function vsockDirectory(uds: string): { dir: string } | { refused: string } {
+  const dir = dirname(resolve(uds));
+  let others: string[];
+  try {
+    others = readdirSync(dir).filter((n) => !lstatSync(join(dir, n)).isSocket());
+  } catch (e) {
+    return { refused: `${dir}: ${(e as NodeJS.ErrnoException).code ?? e}` };
+  }
+  if (others.length === 0) return { dir };
+  return {
+    refused: `${dir} holds more than sockets (${others.slice(0, 3).join(", ")}${others.length > 3 ? ", ..." : ""}); give the uds a directory of its own`,
+  };
 }
 
 /**
@@ -64,6 +86,14 @@ export function jailPlan(opts: JailOptions): RootPlan {
   for (const tap of opts.taps ?? []) {
     const stats = `/sys/class/net/${tap}/statistics`;
     if (existsSync(stats)) readOnly.push(stats);
+  }
+  if (opts.vsockUds !== undefined) {
+    const v = vsockDirectory(opts.vsockUds);
+    if ("dir" in v) readOnly.push(v.dir);
+    else
+      process.stderr.write(
+        `vessel: --jail: guest vsock connections to host ports are off: ${v.refused}\n`,
+      );
   }
   const writable = opts.outcomeFile ? [dirname(resolve(opts.outcomeFile))] : [];
   return { readOnly, writable };
@@ -105,7 +135,10 @@ export function enterJail(opts: JailOptions): string[] {
   // Node sets up its stdout and stderr streams on first use, asking the kernel what they
   // are (getsockname when one is a socket, as a supervisor's pipes are): do it now.
   for (const stream of [process.stdout, process.stderr]) void stream.writable;
-  sandbox.seccompSetFilter(vmmFilterProgram(), sandbox.SECCOMP_FILTER_FLAG_TSYNC);
+  sandbox.seccompSetFilter(
+    vmmFilterProgram({ unixConnect: opts.vsockUds !== undefined }),
+    sandbox.SECCOMP_FILTER_FLAG_TSYNC,
+  );
   return paths;
 }
 

@@ -31,6 +31,7 @@ export const X86_64 = {
   sendto: 44,
   shutdown: 48,
   bind: 49,
+  getsockopt: 55,
   clone: 56,
   fork: 57,
   vfork: 58,

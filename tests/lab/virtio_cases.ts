@@ -323,20 +323,27 @@ echo "GUEST-DOWN $(sha256sum < /tmp/down | cut -c1-64) $(wc -c < /tmp/down)"
 timeout 90 vsock-cat listen 6000 < /tmp/down > /tmp/got || echo "GUEST-LISTEN-FAILED rc=$?"
 echo "GUEST-GOT $(sha256sum < /tmp/got | cut -c1-64) $(wc -c < /tmp/got)"`;
 
-export const vsockCases: LabCase[] = [
-  {
+/**
+ * The vsock scenario, plain or jailed. Jailed, the VMM runs as an unprivileged user in an
+ * empty network namespace and sees the uds's directory only (it holds nothing but sockets),
+ * so the host service's socket is made writable for that user, as its docs ask.
+ */
+function vsockCase(jail: boolean): LabCase {
+  return {
     scenario: {
-      name: "virtio-vsock: bytes cross both ways in Firecracker's convention, checksums match",
+      name: `virtio-vsock${jail ? " under --jail" : ""}: bytes cross both ways in Firecracker's convention, checksums match`,
       // Everything prints as it happens (the VMM through tee), so a run cut off at its time
       // limit still shows how far it got.
       script: `
-sock=/tmp/vessel-vsock.sock
+dir=/tmp/vessel-vsock${jail ? "-jail" : ""}
+rm -rf "$dir" && mkdir -p "$dir"
+sock="$dir/v.sock"
 work=$(mktemp -d)
-rm -f "$sock" "\${sock}_5000"
 ${VSOCK_HOST_SERVICE} "\${sock}_5000" &
 svc=$!
 for i in $(seq 1 100); do [ -S "\${sock}_5000" ] && break; sleep 0.1; done
-{ ${vesselRunExec(VSOCK_GUEST, { cpus: 1, extra: '--vsock cid=3,uds="$sock"' })}; echo "VESSEL-RC=$?"; } 2>&1 | tee "$work/vmm.out" &
+${jail ? 'chmod 666 "$sock"_5000' : ""}
+{ ${vesselRunExec(VSOCK_GUEST, { cpus: 1, extra: `${jail ? "--jail " : ""}--vsock cid=3,uds="$sock"` })}; echo "VESSEL-RC=$?"; } 2>&1 | tee "$work/vmm.out" &
 vmm=$!
 for i in $(seq 1 240); do grep -qE "listening on port 6000|GUEST-NO-VSOCK-CAT|VESSEL-RC" "$work/vmm.out" && break; sleep 1; done
 ${VSOCK_HOST_CLIENT} "$sock" 6001
@@ -361,7 +368,11 @@ wait $svc
       assert.equal(line("HOST-CLIENT-GOT"), line("GUEST-DOWN"), "guest → host (host connected)");
       assert.match(r.output, /GUEST-REFUSED vsock-cat: connect: Connection reset by peer/);
       assert.match(r.output, /HOST-CLIENT-REFUSED port 6001/);
-      assert.match(r.output, /VSOCK-SOCKET-REMOVED/);
+      assert.doesNotMatch(r.output, /vsock connections to host ports are off/);
+      // The jailed VMM sees its directory read-only: its socket stays for the supervisor.
+      if (!jail) assert.match(r.output, /VSOCK-SOCKET-REMOVED/);
     },
-  },
-];
+  };
+}
+
+export const vsockCases: LabCase[] = [vsockCase(false), vsockCase(true)];
