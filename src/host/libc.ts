@@ -27,6 +27,10 @@ const fallocateFn = lib.func("int fallocate(int fd, int mode, int64_t offset, in
 // iovecs are passed as a BigUint64Array of (base, len) pairs: no per-call marshalling.
 const preadvFn = lib.func("intptr_t preadv(int fd, void *iov, int iovcnt, int64_t offset)");
 const pwritevFn = lib.func("intptr_t pwritev(int fd, void *iov, int iovcnt, int64_t offset)");
+const preadv2Fn = lib.func(
+  "intptr_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)",
+);
+const fstatfsFn = lib.func("int fstatfs(int fd, void *buf)");
 const setAffinityFn = lib.func("int sched_setaffinity(int pid, size_t size, const void *mask)");
 const getAffinityFn = lib.func("int sched_getaffinity(int pid, size_t size, void *mask)");
 const sigmaskFn = lib.func("int pthread_sigmask(int how, const void *set, void *oldset)");
@@ -253,6 +257,39 @@ export function iovAsync(
   };
   if (iovInFlight < IOV_ASYNC_BUDGET) start();
   else iovWaiting.push(start);
+}
+
+/** preadv2's flag: fail with EAGAIN rather than wait for the disk (data not in page cache). */
+export const RWF_NOWAIT = 0x08;
+
+/**
+ * preadv2 (op "read", with `flags`) or pwritev ("write") right here, on the calling thread;
+ * the byte count or -errno. For I/O that cannot wait on a disk: a file in memory, or a read
+ * with RWF_NOWAIT.
+ */
+export function iovSync(
+  op: "read" | "write",
+  fd: number,
+  iov: BigUint64Array,
+  count: number,
+  offset: number,
+  flags = 0,
+): number {
+  const n = Number(
+    op === "read" ? preadv2Fn(fd, iov, count, offset, flags) : pwritevFn(fd, iov, count, offset),
+  );
+  return n < 0 ? -koffi.errno() : n;
+}
+
+/** statfs(2) f_type values of the file systems that keep files in memory. */
+export const TMPFS_MAGIC = 0x01021994;
+export const RAMFS_MAGIC = 0x858458f6;
+
+/** The type of the file system `fd` lives on (struct statfs's first field, f_type). */
+export function fsType(fd: number): number {
+  const buf = new BigInt64Array(16); // struct statfs is 120 bytes on x86-64
+  check("fstatfs", fstatfsFn(fd, buf));
+  return Number(buf[0]);
 }
 
 /**

@@ -12,6 +12,11 @@
 // io_uring would save a thread hop per request but needs a native binding, is disabled in
 // many container runtimes (seccomp, kernel.io_uring_disabled) and would be a second I/O
 // engine to keep correct; the pool is the right first engine and the seam is #io().
+// Two cases need no pool, as nothing in them waits for a disk, and they skip its two thread
+// hops (there and back) per request: an image on tmpfs or ramfs is read and written right on
+// the main thread; elsewhere a read first tries preadv2 with RWF_NOWAIT, which completes at
+// once from the page cache or says EAGAIN, and only what is not cached goes to the pool (a
+// file system without RWF_NOWAIT says EOPNOTSUPP once, and its reads go to the pool after).
 //
 // Lifecycle: the image is opened in the constructor (so a bad path or size fails when the
 // VM is built, not when the guest first touches the disk) and closed by close(), which
@@ -78,6 +83,8 @@ import { type VirtioBlockState, validateBlockState } from "./state.js";
 export const DEFAULT_QUEUE_SIZE = 256;
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
 const EINTR = osConstants.errno.EINTR;
+const EAGAIN = osConstants.errno.EAGAIN;
+const RWF_NOWAIT = libc.RWF_NOWAIT;
 
 export interface VirtioBlockOptions {
   /** Raw image file; its size must be a positive multiple of 512 bytes. */
@@ -118,6 +125,8 @@ export class VirtioBlock implements VirtioDevice {
   readonly config: Readonly<BlockConfig>;
 
   #fd: number;
+  /** How transfers skip the pool (see the header); `nowait` turns off on EOPNOTSUPP. */
+  readonly #engine: TransferEngine;
   #configBytes: Uint8Array;
   #id: Uint8Array;
   #maxInFlight: number;
@@ -188,6 +197,7 @@ export class VirtioBlock implements VirtioDevice {
     this.readOnly = readOnly;
     this.serial = serial;
     this.#fd = fd;
+    this.#engine = { inMemory: isInMemory(fd), nowait: true };
     this.#guestLog = new GuestLog(this.name, log);
     try {
       this.#limiter = new RateLimiter(options.limits ?? {});
@@ -480,9 +490,9 @@ export class VirtioBlock implements VirtioDevice {
     const fd = this.#fd;
     switch (req.type) {
       case VIRTIO_BLK_T_IN:
-        return transferGuest("read", fd, memory, req.data, req.offset);
+        return transferGuest("read", fd, memory, req.data, req.offset, this.#engine);
       case VIRTIO_BLK_T_OUT:
-        return transferGuest("write", fd, memory, req.data, req.offset);
+        return transferGuest("write", fd, memory, req.data, req.offset, this.#engine);
       case VIRTIO_BLK_T_FLUSH:
         return new Promise((resolve, reject) =>
           fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())),
@@ -636,17 +646,36 @@ function openImage(path: string, readOnly: boolean): number {
   }
 }
 
+/** Which transfers may run on the main thread (see the header). */
+export interface TransferEngine {
+  /** The image is in memory (tmpfs, ramfs): every transfer runs here. */
+  inMemory: boolean;
+  /** Reads try RWF_NOWAIT here first (until the file system says it has no such thing). */
+  nowait: boolean;
+}
+
+function isInMemory(fd: number): boolean {
+  try {
+    const type = libc.fsType(fd);
+    return type === libc.TMPFS_MAGIC || type === libc.RAMFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * preadv/pwritev between the image and guest ranges, straight from their host addresses (one
  * iovec array per request: no view object per buffer, and none of Node's per-buffer work in
- * fs.readv), on libuv's thread pool. Short transfers continue; zero bytes is an error.
+ * fs.readv): here when `engine` allows, else on libuv's thread pool. Short transfers
+ * continue; zero bytes is an error.
  */
-function transferGuest(
+export function transferGuest(
   op: "read" | "write",
   fd: number,
   memory: GuestMemory,
   ranges: readonly GuestRange[],
   position: number,
+  engine: TransferEngine = { inMemory: false, nowait: false },
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     // Ranges lie in RAM (the queue checked each buffer) and RAM regions are not adjacent,
@@ -659,14 +688,42 @@ function transferGuest(
       }
     }
     let pos = position;
+    const fail = (n: number) =>
+      reject(new Error(`${op} at offset ${pos} failed: ${errnoName(-n)}`));
+    /** As much as can be moved without waiting for a disk; false if the request failed. */
+    const here = (): boolean => {
+      while (iov.count > 0 && (engine.inMemory || (op === "read" && engine.nowait))) {
+        const n = libc.iovSync(op, fd, iov.iov, iov.count, pos, engine.inMemory ? 0 : RWF_NOWAIT);
+        if (n === -EINTR) continue;
+        if (n === 0) {
+          reject(new Error(`${op} at offset ${pos} transferred nothing`));
+          return false;
+        }
+        if (n > 0) {
+          pos += n;
+          iov.consume(n);
+          // A short RWF_NOWAIT read stopped at what is not cached: the pool waits for it.
+          if (!engine.inMemory) break;
+          continue;
+        }
+        if (engine.inMemory || (n !== -EAGAIN && n !== -EOPNOTSUPP)) {
+          fail(n);
+          return false;
+        }
+        if (n === -EOPNOTSUPP) engine.nowait = false;
+        break;
+      }
+      return true;
+    };
     const step = (): void => {
+      if (!here()) return;
       if (iov.count === 0) {
         resolve();
         return;
       }
       libc.iovAsync(op, fd, iov.iov, iov.count, pos, (n) => {
         if (n === -EINTR) step();
-        else if (n < 0) reject(new Error(`${op} at offset ${pos} failed: ${errnoName(-n)}`));
+        else if (n < 0) fail(n);
         else if (n === 0) reject(new Error(`${op} at offset ${pos} transferred nothing`));
         else {
           pos += n;
