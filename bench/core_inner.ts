@@ -53,10 +53,11 @@ async function vesselPio(count: number, port: number): Promise<number> {
   return ns;
 }
 
-function cLoopPio(count: number, bin: string): number {
+/** The C loop's time for `count` exits; `sameVm` gives its VM Vessel's irqchip and PIT. */
+function cLoopPio(count: number, bin: string, sameVm = false): number {
   const guest = join(work, `guest-${count}.bin`);
   writeFileSync(guest, pioGuest(count, 0x80));
-  const out = execFileSync(bin, [guest], { encoding: "utf8" });
+  const out = execFileSync(bin, sameVm ? [guest, "irqchip"] : [guest], { encoding: "utf8" });
   const m = /ns=(\d+)/.exec(out);
   if (!m) throw new Error(`pio_loop printed ${out}`);
   return Number(m[1]);
@@ -161,18 +162,25 @@ const result: Record<string, unknown> = { rounds: ROUNDS, pioExits: PIO_EXITS };
 // PIO exit cost: per exit = (time for N exits - time for 0 exits) / N, for each side.
 const cBin = join(work, "pio_loop");
 execFileSync("gcc", ["-O2", "-o", cBin, join(ROOT, "bench/pio_loop.c")]);
-const pio = { vessel: [] as number[], vesselForwarded: [] as number[], c: [] as number[] };
+const pio = {
+  vessel: [] as number[],
+  vesselForwarded: [] as number[],
+  c: [] as number[],
+  cSameVm: [] as number[],
+};
 for (let i = 0; i < ROUNDS; i++) {
   const c = (cLoopPio(PIO_EXITS, cBin) - cLoopPio(0, cBin)) / PIO_EXITS;
+  const cSame = (cLoopPio(PIO_EXITS, cBin, true) - cLoopPio(0, cBin, true)) / PIO_EXITS;
   const v = ((await vesselPio(PIO_EXITS, 0x80)) - (await vesselPio(0, 0x80))) / PIO_EXITS;
   // The UART scratch register: a device in the main thread answers (the mailbox path).
   const f =
     ((await vesselPio(PIO_EXITS / 10, 0x3ff)) - (await vesselPio(0, 0x3ff))) / (PIO_EXITS / 10);
   pio.c.push(c);
+  pio.cSameVm.push(cSame);
   pio.vessel.push(v);
   pio.vesselForwarded.push(f);
   log(
-    `pio round ${i}: C ${(c / 1000).toFixed(2)} us, Vessel ${(v / 1000).toFixed(2)} us, forwarded ${(f / 1000).toFixed(2)} us`,
+    `pio round ${i}: C ${(c / 1000).toFixed(2)} us, C with irqchip ${(cSame / 1000).toFixed(2)} us, Vessel ${(v / 1000).toFixed(2)} us, forwarded ${(f / 1000).toFixed(2)} us`,
   );
 }
 result.pioNs = pio;
@@ -202,6 +210,7 @@ result.medians = {
   pioVesselNs: median(pio.vessel),
   pioForwardedNs: median(pio.vesselForwarded),
   pioCNs: median(pio.c),
+  pioCSameVmNs: median(pio.cSameVm),
   rssVesselKiB: median(rss.vessel),
   rssQemuKiB: median(rss.qemu),
 };

@@ -54,6 +54,13 @@ export function checkAgainstOpenApi(
   );
 }
 
+/**
+ * Multiplies every time limit here: in the lab's L1 (emulated, tests/lab/host_kvm_cases.ts
+ * sets it) Node alone takes seconds to start. A wait ends as soon as its condition holds,
+ * so a larger limit only bounds a failure.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.VESSEL_TEST_TIME_SCALE ?? 1) || 1);
+
 export interface DaemonUnderTest {
   dir: string;
   stateDir: string;
@@ -107,7 +114,8 @@ export async function startDaemon(
   child.stdout?.on("data", (b: Buffer) => logs.push(b));
   child.stderr?.on("data", (b: Buffer) => logs.push(b));
   const client = new VesselClient({ socketPath: socket });
-  const deadline = Date.now() + 20_000;
+  const started = Date.now();
+  const deadline = started + 20_000 * TIME_SCALE;
   for (;;) {
     if (child.exitCode !== null)
       throw new Error(`the daemon exited: ${Buffer.concat(logs).toString()}`);
@@ -119,9 +127,17 @@ export async function startDaemon(
         // not serving yet
       }
     }
-    if (Date.now() > deadline) throw new Error("the daemon did not start within 20 s");
+    if (Date.now() > deadline) {
+      // Left running, its pipes would keep the test process alive after the failure.
+      child.kill("SIGKILL");
+      throw new Error(
+        `the daemon did not start within ${20 * TIME_SCALE} s; its output: ${Buffer.concat(logs).toString().slice(-2000)}`,
+      );
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
+  if (process.env.VESSEL_TEST_VERBOSE)
+    process.stderr.write(`daemon answered after ${Date.now() - started} ms\n`);
   return {
     dir,
     stateDir,
@@ -164,7 +180,7 @@ export async function waitFor<T>(
   probe: () => Promise<T | undefined> | T | undefined,
   timeoutMs = 20_000,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = Date.now() + timeoutMs * TIME_SCALE;
   for (;;) {
     const v = await probe();
     if (v !== undefined) return v;

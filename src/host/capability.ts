@@ -1,7 +1,23 @@
-// Whether this host's /dev/kvm is hardware virtualization that can boot a stock Linux
-// kernel, or an interpreter (kvm_pvm) that only runs small purpose-built guests.
+// Whether this host has a /dev/kvm at all, and whether it is hardware virtualization that
+// can boot a stock Linux kernel or an interpreter (kvm_pvm) that only runs small
+// purpose-built guests.
 
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+
+/**
+ * Whether /dev/kvm opens. A node can exist with no driver behind it (kvm_pvm declines to bind
+ * inside a kvm_pvm guest: ENODEV), so existence alone does not say.
+ */
+export function hostKvmUsable(): { ok: boolean; reason: string } {
+  try {
+    closeSync(openSync("/dev/kvm", "r+"));
+    return { ok: true, reason: "/dev/kvm opens" };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return { ok: false, reason: "this machine has no /dev/kvm" };
+    return { ok: false, reason: `/dev/kvm does not open (${code ?? String(e)})` };
+  }
+}
 
 /**
  * Whether the host's own /dev/kvm can boot a Linux guest: false without a vmx/svm CPU flag

@@ -1,7 +1,7 @@
 // Host bindings: libc, the /dev/kvm ioctls and /dev/vhost-net. Everything above this layer
 // reaches the kernel only through these exports.
 
-export { hostKvmCanBootLinux } from "./capability.js";
+export { hostKvmCanBootLinux, hostKvmUsable } from "./capability.js";
 export { FdWatcher } from "./epoll.js";
 export * from "./errors.js";
 export * from "./kvm.js";

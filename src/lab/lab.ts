@@ -7,7 +7,7 @@
 // L1 as on the host, and the console carries begin/end markers for progress and timing.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join, resolve } from "node:path";
@@ -92,6 +92,9 @@ const DEFAULT_SCENARIO_TIMEOUT_SEC = 600;
 const BOOT_ALLOWANCE_SEC = 180;
 /** How long past its own timeout a scenario may run before L1 is taken to be wedged. */
 const WEDGE_MARGIN_SEC = 45;
+/** L1 touches its heartbeat file every few seconds; this long without it, L1 is wedged. */
+const HEARTBEAT_STALE_SEC = 90;
+const HEARTBEAT_FILE = "heartbeat";
 const SCENARIO_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 function findOnPath(cmd: string): string | null {
@@ -196,6 +199,8 @@ function runnerScript(
     "CG=/host/sys/fs/cgroup",
     `CTL=${shQuote(ctl)}`,
     `IN_CHROOT=${shQuote(inChroot)}`,
+    // Loopback, which L1's init leaves down: tests that listen on 127.0.0.1 need it.
+    "chroot /host ip link set lo up 2>/dev/null || ip link set lo up 2>/dev/null",
   ];
   if (interactive !== null) {
     lines.push(
@@ -209,6 +214,9 @@ function runnerScript(
     return `${lines.join("\n")}\n`;
   }
   lines.push(
+    // A wedged L1 stops this loop too: the host notices within HEARTBEAT_STALE_SEC instead
+    // of waiting out the scenario's own timeout (scenarios that run tests take many minutes).
+    `( while :; do cut -d" " -f1 /proc/uptime > "$CTL/${HEARTBEAT_FILE}"; sleep 5; done ) &`,
     "run_scenario() {",
     "  i=$1",
     '  cg="$CG/vessel-lab-$i"',
@@ -385,11 +393,20 @@ async function driveQemu(
   // margin, L1 is no longer running its own timers: QEMU's TCG has been seen to wedge a
   // nested-SVM machine that way. Kill it now rather than waiting for the overall limit.
   let wedged = -1;
+  const heartbeatStale = (): boolean => {
+    try {
+      return Date.now() - statSync(join(ctl, HEARTBEAT_FILE)).mtimeMs > HEARTBEAT_STALE_SEC * 1000;
+    } catch {
+      return true; // never written: L1 started no runner, or lost it
+    }
+  };
   const watchdog = setInterval(() => {
     if (current < 0) return;
     const limit =
       (scenarios[current]?.timeoutSec ?? DEFAULT_SCENARIO_TIMEOUT_SEC) + WEDGE_MARGIN_SEC;
-    if (performance.now() - currentStart > limit * 1000) {
+    const ranMs = performance.now() - currentStart;
+    const silent = !interactive && ranMs > HEARTBEAT_STALE_SEC * 1000 && heartbeatStale();
+    if (ranMs > limit * 1000 || silent) {
       wedged = current;
       child.kill("SIGKILL");
     }
@@ -437,7 +454,7 @@ async function driveQemu(
   }
   if (wedged >= 0) {
     throw new LabError(
-      `L1 stopped responding while running scenario "${scenarios[wedged]?.name}" (its own timeout did not fire); QEMU was killed${tail()}`,
+      `L1 stopped responding while running scenario "${scenarios[wedged]?.name}" (its heartbeat or its own timeout stopped); QEMU was killed${tail()}`,
       consoleLog,
       results,
     );

@@ -86,18 +86,30 @@ describe("lab batch (one L1 boot)", () => {
       'echo "qemu exited rc=$?"',
       'cat "$out"',
     ].join("\n");
-    run = await runInLab(
-      [
-        { name: "kvm", script: "grep -c -w svm /proc/cpuinfo; test -c /dev/kvm && echo kvm-ok" },
-        { name: "exit 3", script: "echo to-stderr >&2; exit 3" },
-        { name: "write share", script: 'echo "written in L1" > "$VESSEL_LAB_SHARE/result.txt"' },
-        { name: "hang", script: "echo hanging; sleep 600", timeoutSec: 5 },
-        { name: "after hang", script: "echo still-running; pwd" },
-        { name: "guest under kvm", script: qemu, timeoutSec: 180 },
-        { name: "guest power button", script: powerButton, timeoutSec: 90 },
-      ],
-      { shareDir: share },
-    );
+    const scenarios = [
+      { name: "kvm", script: "grep -c -w svm /proc/cpuinfo; test -c /dev/kvm && echo kvm-ok" },
+      { name: "exit 3", script: "echo to-stderr >&2; exit 3" },
+      { name: "write share", script: 'echo "written in L1" > "$VESSEL_LAB_SHARE/result.txt"' },
+      { name: "hang", script: "echo hanging; sleep 600", timeoutSec: 5 },
+      { name: "after hang", script: "echo still-running; pwd" },
+      { name: "guest under kvm", script: qemu, timeoutSec: 180 },
+      { name: "guest power button", script: powerButton, timeoutSec: 90 },
+    ];
+    // The emulated SVM sometimes wedges L1 under a nested guest (README "The lab", seen here
+    // with QEMU's guest as with Vessel's); the harness reports that as a LabError, and one
+    // more boot tells a wedge from a broken harness.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        run = await runInLab(scenarios, { shareDir: share });
+        break;
+      } catch (e) {
+        if (!(e instanceof LabError && /stopped responding/.test(e.message)) || attempt === 2)
+          throw e;
+        process.stderr.write(
+          `lab_test: L1 wedged, booting once more: ${e.message.split("\n")[0]}\n`,
+        );
+      }
+    }
   });
   after(async () => {
     await rm(share, { recursive: true, force: true });

@@ -3,6 +3,7 @@
 
 import assert from "node:assert/strict";
 import { before, test } from "node:test";
+import { hostKvmUsable } from "../../src/host/mod.js";
 import { buildDefaultImage } from "../../src/image/mod.js";
 import {
   hostKvmCanBootLinux,
@@ -13,6 +14,7 @@ import {
 } from "../../src/lab/mod.js";
 import { labCases as coreCases } from "./cases.js";
 import { domainCases } from "./domain_cases.js";
+import { hostKvmCases } from "./host_kvm_cases.js";
 import { balloonCases, consoleCases, netCases, virtioCases, vsockCases } from "./virtio_cases.js";
 
 const allCases = [
@@ -24,6 +26,13 @@ const allCases = [
   ...vsockCases,
   ...domainCases,
 ];
+// Without a /dev/kvm here, the tests that run small guests on it run in L1 (host_kvm_cases.ts;
+// scripts/test.mjs leaves them out of the host's run then).
+const hostKvm = hostKvmUsable();
+if (!hostKvm.ok) {
+  process.stderr.write(`lab_test: ${hostKvm.reason}: the host-KVM tests run in the lab\n`);
+  allCases.push(...hostKvmCases(hostKvm.reason));
+}
 // VESSEL_LAB_ONLY=REGEX runs only the cases whose names match: a developer's shortcut while
 // working on one device. CI never sets it, so the whole batch runs there.
 const only = process.env.VESSEL_LAB_ONLY ? new RegExp(process.env.VESSEL_LAB_ONLY) : undefined;
