@@ -79,11 +79,19 @@ describe("lab batch (one L1 boot)", () => {
       `${interactiveGuest} < "$fifo" > /dev/null &`,
       "qemu=$!",
       'exec 3> "$fifo"',
-      // The prompt comes after acpid has started.
-      'until grep -q "vessel:/#" "$out" 2>/dev/null; do sleep 0.5; done',
+      // The prompt comes after acpid has started. Each step is bounded so that a failure
+      // still prints the guest's console (a scenario killed at its timeout prints nothing).
+      "i=0",
+      'until grep -q "vessel:/#" "$out" 2>/dev/null; do',
+      '  i=$((i+1)); if [ $i -gt 240 ]; then echo "no prompt after 120 s"; kill "$qemu"; cat "$out"; exit 1; fi',
+      "  sleep 0.5",
+      "done",
       "echo system_powerdown >&3",
+      '( sleep 60; echo "no power-off 60 s after the button"; kill "$qemu" ) &',
+      "killer=$!",
       'wait "$qemu"',
       'echo "qemu exited rc=$?"',
+      'kill "$killer" 2>/dev/null',
       'cat "$out"',
     ].join("\n");
     const scenarios = [
@@ -93,7 +101,7 @@ describe("lab batch (one L1 boot)", () => {
       { name: "hang", script: "echo hanging; sleep 600", timeoutSec: 5 },
       { name: "after hang", script: "echo still-running; pwd" },
       { name: "guest under kvm", script: qemu, timeoutSec: 180 },
-      { name: "guest power button", script: powerButton, timeoutSec: 90 },
+      { name: "guest power button", script: powerButton, timeoutSec: 240 },
     ];
     // The emulated SVM sometimes wedges L1 under a nested guest (README "The lab", seen here
     // with QEMU's guest as with Vessel's); the harness reports that as a LabError, and one
