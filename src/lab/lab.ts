@@ -92,8 +92,11 @@ const DEFAULT_SCENARIO_TIMEOUT_SEC = 600;
 const BOOT_ALLOWANCE_SEC = 180;
 /** How long past its own timeout a scenario may run before L1 is taken to be wedged. */
 const WEDGE_MARGIN_SEC = 45;
-/** L1 touches its heartbeat file every few seconds; this long without it, L1 is wedged. */
-const HEARTBEAT_STALE_SEC = 90;
+/**
+ * L1 touches its heartbeat file every few seconds; this long without it, L1 is wedged.
+ * VESSEL_LAB_HEARTBEAT_SEC sets it (0: only the scenario timeouts tell).
+ */
+const HEARTBEAT_STALE_SEC = Number(process.env.VESSEL_LAB_HEARTBEAT_SEC ?? 90) || 0;
 const HEARTBEAT_FILE = "heartbeat";
 const SCENARIO_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -405,7 +408,11 @@ async function driveQemu(
     const limit =
       (scenarios[current]?.timeoutSec ?? DEFAULT_SCENARIO_TIMEOUT_SEC) + WEDGE_MARGIN_SEC;
     const ranMs = performance.now() - currentStart;
-    const silent = !interactive && ranMs > HEARTBEAT_STALE_SEC * 1000 && heartbeatStale();
+    const silent =
+      !interactive &&
+      HEARTBEAT_STALE_SEC > 0 &&
+      ranMs > HEARTBEAT_STALE_SEC * 1000 &&
+      heartbeatStale();
     if (ranMs > limit * 1000 || silent) {
       wedged = current;
       child.kill("SIGKILL");
