@@ -341,6 +341,7 @@ async function driveQemu(
   let bootMs = -1;
   let current = -1;
   let currentStart = 0;
+  let idleSince = 0;
   const durations: number[] = [];
   const ended = new Set<number>();
   const warnings: string[] = [];
@@ -350,6 +351,7 @@ async function driveQemu(
     if (!interactive || bootMs < 0) opts.log?.(line);
     if (line.startsWith(MARK.ready)) {
       bootMs = performance.now() - started;
+      idleSince = performance.now();
     } else if (line.startsWith(`${MARK.begin} `)) {
       current = Number(line.slice(MARK.begin.length + 1));
       currentStart = performance.now();
@@ -358,6 +360,7 @@ async function driveQemu(
       durations[i] = performance.now() - currentStart;
       ended.add(i);
       current = -1;
+      idleSince = performance.now();
     } else if (line.startsWith(`${MARK.warn}: `)) {
       warnings.push(line.slice(MARK.warn.length + 2));
     } else if (line.startsWith(`${MARK.fatal}: `)) {
@@ -404,7 +407,30 @@ async function driveQemu(
     }
   };
   const watchdog = setInterval(() => {
-    if (current < 0) return;
+    if (current < 0) {
+      // Between scenarios (or before the first): L1 has been seen to wedge in the runner's
+      // own mkdir, which no scenario timeout covers; the heartbeat tells that too.
+      const now = performance.now();
+      const next = ended.size;
+      if (bootMs < 0) {
+        if (now - started > BOOT_ALLOWANCE_SEC * 1000) {
+          wedged = next;
+          child.kill("SIGKILL");
+        }
+        return;
+      }
+      if (
+        !interactive &&
+        next < scenarios.length &&
+        HEARTBEAT_STALE_SEC > 0 &&
+        now - idleSince > HEARTBEAT_STALE_SEC * 1000 &&
+        heartbeatStale()
+      ) {
+        wedged = next;
+        child.kill("SIGKILL");
+      }
+      return;
+    }
     const limit =
       (scenarios[current]?.timeoutSec ?? DEFAULT_SCENARIO_TIMEOUT_SEC) + WEDGE_MARGIN_SEC;
     const ranMs = performance.now() - currentStart;
@@ -460,8 +486,10 @@ async function driveQemu(
     throw new LabError(`Cannot start ${QEMU}: ${exit.error.message}`, consoleLog, results);
   }
   if (wedged >= 0) {
+    const wedgedWhere =
+      bootMs < 0 ? "while booting, before" : current < 0 ? "before" : "while running";
     throw new LabError(
-      `L1 stopped responding while running scenario "${scenarios[wedged]?.name}" (its heartbeat or its own timeout stopped); QEMU was killed${tail()}`,
+      `L1 stopped responding ${wedgedWhere} scenario "${scenarios[wedged]?.name}" (its heartbeat or its own timeout stopped); QEMU was killed${tail()}`,
       consoleLog,
       results,
     );
