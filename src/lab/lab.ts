@@ -407,40 +407,27 @@ async function driveQemu(
     }
   };
   const watchdog = setInterval(() => {
-    if (current < 0) {
-      // Between scenarios (or before the first): L1 has been seen to wedge in the runner's
-      // own mkdir, which no scenario timeout covers; the heartbeat tells that too.
-      const now = performance.now();
-      const next = ended.size;
-      if (bootMs < 0) {
-        if (now - started > BOOT_ALLOWANCE_SEC * 1000) {
-          wedged = next;
-          child.kill("SIGKILL");
-        }
-        return;
-      }
-      if (
-        !interactive &&
-        next < scenarios.length &&
-        HEARTBEAT_STALE_SEC > 0 &&
-        now - idleSince > HEARTBEAT_STALE_SEC * 1000 &&
-        heartbeatStale()
-      ) {
-        wedged = next;
-        child.kill("SIGKILL");
-      }
-      return;
-    }
-    const limit =
-      (scenarios[current]?.timeoutSec ?? DEFAULT_SCENARIO_TIMEOUT_SEC) + WEDGE_MARGIN_SEC;
-    const ranMs = performance.now() - currentStart;
+    const now = performance.now();
+    const running = current >= 0;
+    // Between scenarios the one about to start is blamed: L1 has been seen to wedge in the
+    // runner's own mkdir, which no scenario timeout covers, but the heartbeat stops there too.
+    const at = running ? current : ended.size;
+    const overLimit =
+      bootMs < 0
+        ? now - started > BOOT_ALLOWANCE_SEC * 1000
+        : running &&
+          now - currentStart >
+            ((scenarios[current]?.timeoutSec ?? DEFAULT_SCENARIO_TIMEOUT_SEC) + WEDGE_MARGIN_SEC) *
+              1000;
     const silent =
       !interactive &&
+      bootMs >= 0 &&
+      at < scenarios.length &&
       HEARTBEAT_STALE_SEC > 0 &&
-      ranMs > HEARTBEAT_STALE_SEC * 1000 &&
+      now - (running ? currentStart : idleSince) > HEARTBEAT_STALE_SEC * 1000 &&
       heartbeatStale();
-    if (ranMs > limit * 1000 || silent) {
-      wedged = current;
+    if (overLimit || silent) {
+      wedged = at;
       child.kill("SIGKILL");
     }
   }, 2000);
