@@ -70,10 +70,10 @@ export interface QueueStats {
   suppressed: number;
 }
 
-// A view of one ring part. Built once when the queue goes ready: when the part lies in one
-// guest-memory chunk (always, for rings a driver allocates from naturally aligned pages)
-// it is a DataView, so ring accesses allocate nothing; otherwise it goes through
-// GuestMemory's bounds-checked scalar accessors.
+// A view of one ring part, built once when the queue goes ready (or of one indirect table,
+// built when a chain enters it): when the part lies in one guest-memory chunk (always, for
+// rings a driver allocates from naturally aligned pages) it is a DataView, so accesses
+// allocate nothing; otherwise it goes through GuestMemory's bounds-checked scalar accessors.
 class RingView {
   private readonly view: DataView | undefined;
   constructor(
@@ -418,36 +418,29 @@ export class Queue implements QueueHandle {
     let writableLength = 0;
     let sawWritable = false;
     let inIndirect = false;
-    let table = 0;
+    // The indirect table, read through one view made when the chain enters it: a table
+    // holds up to `size` descriptors (Linux puts a whole large request in one), and the
+    // bounds-checked scalar reads would search the chunks five times per descriptor.
+    let table: RingView | undefined;
     let entries = size;
     let indirectSteps = 0;
     let index = head;
     for (;;) {
       if (index >= entries) return `descriptor index ${index} is not below ${entries}`;
-      let lo: number;
-      let hi: number;
-      let len: number;
-      let flags: number;
-      let next: number;
-      // GUEST-CONTROLLED: the whole descriptor. Each field is read once, here.
       if (inIndirect) {
         if (++indirectSteps > entries) return "the indirect table's chain loops";
-        const d = table + 16 * index;
-        lo = memory.readU32(d);
-        hi = memory.readU32(d + 4);
-        len = memory.readU32(d + 8);
-        flags = memory.readU16(d + 12);
-        next = memory.readU16(d + 14);
       } else {
         if (this.visited[index] === stamp) return `the chain loops back to descriptor ${index}`;
         this.visited[index] = stamp;
-        const d = 16 * index;
-        lo = desc.u32(d);
-        hi = desc.u32(d + 4);
-        len = desc.u32(d + 8);
-        flags = desc.u16(d + 12);
-        next = desc.u16(d + 14);
       }
+      // GUEST-CONTROLLED: the whole descriptor. Each field is read once, here.
+      const t = inIndirect ? (table as RingView) : desc;
+      const d = 16 * index;
+      const lo = t.u32(d);
+      const hi = t.u32(d + 4);
+      const len = t.u32(d + 8);
+      const flags = t.u16(d + 12);
+      const next = t.u16(d + 14);
       // Addresses ≥ 2^53 are not representable and are far outside any guest's RAM.
       if (hi >= 0x20_0000) return `buffer address 0x${hi.toString(16)}xxxxxxxx is not in RAM`;
       const address = hi * TWO_32 + lo;
@@ -461,7 +454,7 @@ export class Queue implements QueueHandle {
         }
         // The WRITE flag of the descriptor pointing to a table is ignored (§2.7.5.3.2).
         inIndirect = true;
-        table = address;
+        table = new RingView(memory, address, len);
         entries = len / 16;
         index = 0;
         continue;
