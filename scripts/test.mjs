@@ -22,6 +22,7 @@ function testFiles(dir) {
 }
 
 step("npx", ["tsc", "-p", "."]);
+step("node", ["scripts/bundle.mjs"]);
 step("npx", ["biome", "check", "."]);
 let targets = process.argv.slice(2);
 if (targets.length === 0) {

@@ -5,13 +5,19 @@
 // These tests need /dev/kvm; without it they fail and say so (they never skip).
 
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { VirtioRng } from "../src/devices/virtio/rng/mod.js";
 import type { VirtioDevice } from "../src/virtio/device.js";
 import type { VirtioMmioTransport } from "../src/virtio/mmio.js";
 import { describeOutcome, type Outcome, Vm } from "../src/vmm/vm.js";
 import { assemblePvhElf, assembleReal, GUEST_LOAD_ADDRESS, POWEROFF } from "./guests/assemble.js";
+
+const bin = fileURLToPath(new URL("../../bin/vessel.js", import.meta.url));
 
 function hostIsKvmPvm(): boolean {
   return existsSync("/sys/module/kvm_pvm");
@@ -85,6 +91,46 @@ test("string I/O (rep outsb) writes a whole buffer to the UART", async () => {
   `);
   assert.equal(r.output, "hello");
   assert.deepEqual(r.outcome, { kind: "poweroff" });
+});
+
+test("the console's LSR polls and THR writes are answered on the vCPU thread, in order", async () => {
+  // As Linux's serial console writes: IER 0, then for each byte wait for THRE in LSR and
+  // write THR. A forwarded IIR read after the 20th byte, then '|', checks that the bytes
+  // queued on the vCPU thread come out before anything the model itself handles.
+  const r = await runGuest(`
+    mov $0x3f9, %dx
+    xor %al, %al
+    out %al, %dx
+    mov $msg, %si
+    mov $40, %cx
+  next:
+    mov $0x3fd, %dx
+  wait:
+    in %dx, %al
+    test $0x20, %al
+    jz wait
+    mov $0x3f8, %dx
+    lodsb
+    out %al, %dx
+    cmp $21, %cx
+    jne 1f
+    mov $0x3fa, %dx
+    in %dx, %al
+    mov $0x3f8, %dx
+    mov $'|', %al
+    out %al, %dx
+  1: loop next
+    ${POWEROFF}
+  msg: .ascii "0123456789abcdefghijABCDEFGHIJ!@#$%^&*()"
+  `);
+  assert.deepEqual(r.outcome, { kind: "poweroff" });
+  assert.equal(r.output, "0123456789abcdefghij|ABCDEFGHIJ!@#$%^&*()");
+  const local = r.stats.exits.local_pio ?? 0;
+  const forwarded = r.stats.exits.forwarded ?? 0;
+  // 40 LSR reads and 41 THR writes on the vCPU thread; the IER write, the IIR read and
+  // the power-off write forwarded.
+  assert.ok(local >= 80, `only ${local} accesses answered on the vCPU thread`);
+  assert.ok(forwarded <= 4, `${forwarded} accesses forwarded`);
 });
 
 test("UART: scratch register, loopback, and console input read by polling LSR", async () => {
@@ -434,4 +480,38 @@ test("DMA to addresses outside RAM: a virtio buffer pointing into the MMIO hole 
   const q = r.transports[0]?.queues[0];
   assert.ok(q, "no queue stats");
   assert.equal(q.malformed, 1);
+});
+
+test("`vessel run` hands its ahead-started vCPU workers their vCPUs; spares never hold it open", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vessel-prestart-"));
+  try {
+    const kernel = join(dir, "guest.elf");
+    writeFileSync(
+      kernel,
+      assemblePvhElf(`mov $0x3f8, %dx\nmov $0x56, %al\nout %al, %dx\n${POWEROFF}`),
+    );
+    // Two vCPUs: the boot CPU prints and powers off, the other waits for its SIPI.
+    const run = spawnSync(
+      process.execPath,
+      [bin, "run", "--kernel", kernel, "--cpus", "2", "--memory", "64M", "--slow-kvm"],
+      { encoding: "latin1", timeout: 60_000 },
+    );
+    assert.equal(run.status, 0, `exit ${run.status} ${run.signal ?? ""}: ${run.stderr}`);
+    assert.ok(
+      run.stdout.includes("V"),
+      `the guest's byte is missing: ${JSON.stringify(run.stdout)}`,
+    );
+    // A run that fails before its VM exists leaves its started workers untaken.
+    const t0 = performance.now();
+    const bad = spawnSync(
+      process.execPath,
+      [bin, "run", "--kernel", join(dir, "missing"), "--cpus", "3"],
+      { encoding: "utf8", timeout: 30_000 },
+    );
+    assert.equal(bad.status, 1, `exit ${bad.status} ${bad.signal ?? ""}: ${bad.stderr}`);
+    assert.match(bad.stderr, /--kernel: cannot read/);
+    assert.ok(performance.now() - t0 < 20_000, "unused vCPU workers held the process open");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

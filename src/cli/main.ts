@@ -12,6 +12,9 @@ const imageLabModule = () => import("./image_lab.js");
 const domainsModule = () => import("./domains.js");
 const configModule = () => import("./config.js");
 
+/** More vCPUs than this start their workers when the VM starts, as any worker can. */
+const MAX_PRESTARTED = 16;
+
 const program = new Command();
 program
   .name("vessel")
@@ -72,6 +75,13 @@ program
   .option("--jail-uid <n>", "with --jail: the VMM's uid (default 900000)")
   .option("--jail-gid <n>", "with --jail: the VMM's gid (default 900000)")
   .action(async (opts) => {
+    // The vCPU workers start now, so their start-up overlaps the imports below and the VM's
+    // set-up (src/vmm/vcpu_spawn.ts). Not under --jail: a worker still loading its modules
+    // when the root is switched and seccomp applied could die mid-load; jailed vCPUs start
+    // their workers inside the jail, as before. A bad --cpus is left for run.ts to report.
+    const cpus = Number(opts.cpus);
+    if (!opts.jail && Number.isInteger(cpus) && cpus >= 1 && cpus <= MAX_PRESTARTED)
+      (await import("../vmm/vcpu_spawn.js")).prestartVcpuWorkers(cpus);
     exitCode = await (await runModule()).runCommand(opts);
   });
 

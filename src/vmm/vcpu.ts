@@ -2,9 +2,10 @@
 // PIO/MMIO exits from the buses, and pauses or stops it with a kick (immediate_exit plus a
 // signal to the thread) that works even while the guest spins without exiting.
 
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { abi, libc, type VcpuFd } from "../host/mod.js";
 import * as ch from "./vcpu_channel.js";
+import { vcpuWorker } from "./vcpu_spawn.js";
 
 export const KICK_SIGNAL = 12; // SIGUSR2
 let kickHandlerInstalled = false;
@@ -61,16 +62,12 @@ export class VcpuThread {
 
   start(): void {
     installKickHandler();
-    const worker = new Worker(new URL("./vcpu_worker.js", import.meta.url), {
-      workerData: {
-        fd: this.vcpu.fd,
-        runSize: this.runMapping.length,
-        id: this.id,
-        shared: this.shared,
-        kickSignal: KICK_SIGNAL,
-      },
-      stdout: false,
-      stderr: false,
+    const worker = vcpuWorker({
+      fd: this.vcpu.fd,
+      runSize: this.runMapping.length,
+      id: this.id,
+      shared: this.shared,
+      kickSignal: KICK_SIGNAL,
     });
     this.worker = worker;
     let reported = false;

@@ -4,6 +4,8 @@
 // thread, which owns the devices, answers. Control words let
 // the main thread pause or stop a vCPU. Layout is fixed so neither side allocates per exit.
 
+import type { SerialFastPath } from "../devices/legacy/serial_fast.js";
+
 /** Int32 indexes into the control array. */
 export const C_MAILBOX = 0; // MB_IDLE / MB_REQUEST / MB_RESPONSE
 export const C_COMMAND = 1; // CMD_RUN / CMD_PAUSE / CMD_STOP
@@ -44,7 +46,8 @@ export const S_UNMAPPED_PIO_WRITE = 1;
 export const S_FORWARDED = 2;
 export const S_KICKS = 3;
 export const S_LOCAL_MMIO = 4;
-export const EXTRA_STATS = 5;
+export const S_LOCAL_PIO = 5;
+export const EXTRA_STATS = 6;
 
 /**
  * Device registers the vCPU thread answers itself from a shared word (`cells[cell]`,
@@ -64,6 +67,8 @@ export const LOCAL_CLEAR_BITS = 2;
 export interface LocalRegisters {
   cells: SharedArrayBuffer;
   registers: readonly LocalMmio[];
+  /** The UART whose LSR reads and THR writes the vCPU thread may answer (serial_fast.ts). */
+  uart?: { base: number; shared: SerialFastPath };
 }
 
 export interface VcpuShared {

@@ -5,6 +5,7 @@
 // Nothing is allocated per exit: every view is made once below.
 
 import { parentPort, workerData } from "node:worker_threads";
+import { FastPathProducer } from "../devices/legacy/serial_fast.js";
 import * as abi from "../host/kvm_abi.js";
 import * as libc from "../host/libc.js";
 import * as ch from "./vcpu_channel.js";
@@ -19,9 +20,14 @@ interface VcpuWorkerData {
 
 const EINTR = 4;
 const EAGAIN = 11;
-const { fd, runSize, shared, kickSignal } = workerData as VcpuWorkerData;
 const port = parentPort;
 if (!port) throw new Error("vcpu_worker must run in a worker thread");
+// A worker started for its vCPU has it in workerData; one started ahead (vcpu_spawn.ts)
+// waits here for it, its modules already loaded.
+const init =
+  (workerData as VcpuWorkerData | null) ??
+  (await new Promise<VcpuWorkerData>((resolve) => port.once("message", resolve)));
+const { fd, runSize, shared, kickSignal } = init;
 
 const ctrl = new Int32Array(shared.control);
 const data = new Uint8Array(shared.data);
@@ -32,6 +38,11 @@ const localCells = new Int32Array(shared.local.cells);
 /** address → kind << 16 | cell, for the registers answered here (a number: no allocation). */
 const localMmio = new Map<number, number>();
 for (const r of shared.local.registers) localMmio.set(r.address, (r.kind << 16) | r.cell);
+const uart = shared.local.uart;
+const uartFast = uart ? new FastPathProducer(uart.shared) : undefined;
+// -1 matches no port when there is no fast path.
+const uartThr = uart ? uart.base : -1;
+const uartLsr = uart ? uart.base + 5 : -1;
 
 libc.unblockSignal(kickSignal);
 const runMap = libc.mmap(runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
@@ -72,6 +83,9 @@ function handleIo(): void {
   const bytes = size * count;
   // The kernel fills these, but a bad value must not make us read past the mapping.
   if (offset + bytes > runBytes.length || bytes > ch.DATA_BYTES) return;
+  if (count === 1 && size === 1 && uartFast && (ioPort === uartThr || ioPort === uartLsr)) {
+    if (fastUart(direction === abi.KVM_EXIT_IO_OUT, ioPort, offset)) return;
+  }
   const owner = portMap[ioPort];
   if (owner === ch.PORT_FORWARD) {
     if (direction === abi.KVM_EXIT_IO_OUT) {
@@ -89,6 +103,22 @@ function handleIo(): void {
     runBytes.fill(0xff, offset, offset + bytes);
     bump(exitSlots + ch.S_UNMAPPED_PIO_READ);
   }
+}
+
+/** The UART accesses serial_fast.ts lets us answer; false when the model must. */
+function fastUart(isOut: boolean, ioPort: number, offset: number): boolean {
+  const fast = uartFast as FastPathProducer;
+  if (isOut && ioPort === uartThr) {
+    if (!fast.writeThr(runBytes[offset] ?? 0)) return false;
+  } else if (!isOut && ioPort === uartLsr) {
+    const lsr = fast.readLsr();
+    if (lsr < 0) return false;
+    runBytes[offset] = lsr;
+  } else {
+    return false;
+  }
+  bump(exitSlots + ch.S_LOCAL_PIO);
+  return true;
 }
 
 function handleMmio(): void {

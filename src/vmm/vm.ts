@@ -11,6 +11,7 @@ import type { BusDevice, IrqLine, VmRequest } from "../devices/device.js";
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from "../devices/legacy/i8042.js";
 import { Rtc } from "../devices/legacy/rtc.js";
 import { Serial } from "../devices/legacy/serial.js";
+import { F_DOORBELL } from "../devices/legacy/serial_fast.js";
 import { abi, FdWatcher, Kvm, libc, type VcpuFd, type VmFd } from "../host/mod.js";
 import { GuestMemory, MIB, MMIO_DEVICES_START, ramRegions } from "../memory/mod.js";
 import type { VirtioDevice } from "../virtio/device.js";
@@ -210,6 +211,7 @@ export class Vm implements ExitHandler {
       irq: new KvmIrqLine(this.vmFd, COM1_GSI),
       out: config.consoleOut,
       name: "serial0",
+      fastPath: true,
     });
     this.addPio(COM1_PORT, 8, this.serial);
     const i8042 = new I8042({ request });
@@ -452,22 +454,47 @@ export class Vm implements ExitHandler {
     });
     this.watcher.start();
     for (const fd of this.vcpuFds) {
+      const uart = this.serial.fastPath;
       const t = new VcpuThread(fd, this.portMap, this, {
         cells: this.localCells,
         registers: this.localRegisters,
+        ...(uart ? { uart: { base: COM1_PORT, shared: uart } } : {}),
       });
       this.threads.push(t);
       t.exited.then((e) => this.vcpuEnded(t.id, e));
       t.start();
     }
+    const serialDone = this.serveSerialFastPath(done);
     // Atomics.waitAsync does not keep the event loop alive; this timer does while we run.
     const keepAlive = setInterval(() => {}, 1 << 30);
     const outcome = await done;
     clearInterval(keepAlive);
+    await serialDone;
     await Promise.all(this.threads.map((t) => t.stop()));
     await this.watcher.stop();
     this.serial.flush();
     return outcome;
+  }
+
+  /** Drain the UART bytes the vCPU threads queue each time they ring, until `done`. */
+  private async serveSerialFastPath(done: Promise<Outcome>): Promise<void> {
+    const shared = this.serial.fastPath;
+    if (!shared) return;
+    const cells = new Int32Array(shared.cells);
+    let running = true;
+    // Wake the wait below when the VM ends (the notify is on the same word).
+    const ended = done.then(() => {
+      running = false;
+      Atomics.notify(cells, F_DOORBELL);
+    });
+    while (running) {
+      const w = Atomics.waitAsync(cells, F_DOORBELL, 0);
+      if (w.async) await w.value;
+      this.serial.drainFastPath();
+      // A doorbell per burst, not per byte: let the guest write a few more first.
+      if (running) await new Promise((r) => setImmediate(r));
+    }
+    await ended;
   }
 
   private vcpuEnded(id: number, e: ch.VcpuExit): void {
@@ -489,6 +516,7 @@ export class Vm implements ExitHandler {
       "forwarded",
       "kicks",
       "local_mmio",
+      "local_pio",
     ];
     const perVcpu = this.threads.map((t) => {
       const s = t.stats();

@@ -7,6 +7,13 @@
 // with any size: nothing here throws on a guest access.
 
 import type { BusDevice, IrqLine } from "../device.js";
+import {
+  allocateFastPath,
+  FAST_LSR,
+  FAST_THR,
+  FastPathConsumer,
+  type SerialFastPath,
+} from "./serial_fast.js";
 
 /** COM1..COM4 bases and the ISA IRQs of COM1/COM3 and COM2/COM4 (IBM PC/AT Technical Reference). */
 export const COM_PORTS = [0x3f8, 0x2f8, 0x3e8, 0x2e8] as const;
@@ -121,6 +128,12 @@ export interface SerialOptions {
   txBatch?: number;
   /** Called when the guest has read the last queued input byte: the host may resume input. */
   onInputDrained?: () => void;
+  /**
+   * Offer the fast path of serial_fast.ts (LSR reads and THR writes answered by the vCPU
+   * threads): `fastPath` is then the memory to hand them, and drainFastPath() must be
+   * called when its doorbell rings. Default false.
+   */
+  fastPath?: boolean;
 }
 
 /** Everything needed to recreate the UART; plain JSON. */
@@ -150,6 +163,10 @@ export interface SerialCounters {
 /** A 16550A UART: register it on the port bus with length {@link UART_REGISTER_COUNT}. */
 export class Serial implements BusDevice {
   readonly name: string;
+  /** Shared with the vCPU threads when the fast path is on. */
+  readonly fastPath: SerialFastPath | undefined;
+  #fast: FastPathConsumer | undefined;
+  #transmitQueued = (b: number) => this.#transmit(b);
 
   #irq: IrqLine;
   #out: (bytes: Uint8Array) => void;
@@ -204,6 +221,30 @@ export class Serial implements BusDevice {
     this.#rx = new Uint8Array(rxCapacity);
     this.#tx = new Uint8Array(txBatch);
     this.#txOne = this.#tx.subarray(0, 1);
+    if (options.fastPath) {
+      this.fastPath = allocateFastPath();
+      this.#fast = new FastPathConsumer(this.fastPath);
+      this.#publish();
+    }
+  }
+
+  /** Transmit the THR bytes the vCPU threads queued, and hand the output to the sink. */
+  drainFastPath(): void {
+    this.flush();
+  }
+
+  /**
+   * Tell the vCPU threads which accesses they may answer: only those with no effect the
+   * guest could see before the main thread catches up (serial_fast.ts).
+   */
+  #publish(): void {
+    const fast = this.#fast;
+    if (!fast) return;
+    let flags = 0;
+    if (!(this.#lcr & LCR_DLAB) && !(this.#mcr & MCR_LOOP) && !(this.#ier & IER_ETBEI))
+      flags |= FAST_THR;
+    if (!(this.#lsr & LSR_ERRORS)) flags |= FAST_LSR;
+    fast.publish(flags, this.#lsr);
   }
 
   /** Recreate a UART from {@link Serial.state}; throws TypeError/RangeError on a bad snapshot. */
@@ -239,6 +280,7 @@ export class Serial implements BusDevice {
       s.#rx[s.#rxCount++] = b;
     }
     s.#syncDataReady();
+    s.#publish();
     // The line's last level is unknown after a restore, so drive it unconditionally.
     s.#intr = s.#pendingIir() !== IIR_NO_INT;
     if (!s.#edge) s.#irq.set(s.#intr);
@@ -294,12 +336,18 @@ export class Serial implements BusDevice {
     if (n > 0) {
       this.#syncDataReady();
       this.#updateIrq();
+      this.#publish();
     }
     return n;
   }
 
-  /** Hand any batched output to the sink now. */
+  /** Hand any output (batched, or queued by the vCPU threads) to the sink now. */
   flush(): void {
+    this.#fast?.drain(this.#transmitQueued);
+    this.#flushBatch();
+  }
+
+  #flushBatch(): void {
     if (this.#txLen === 0) return;
     const n = this.#txLen;
     this.#txLen = 0;
@@ -314,7 +362,10 @@ export class Serial implements BusDevice {
       data.fill(0xff);
       return;
     }
+    // Bytes the vCPU threads queued were written before this access.
+    this.#fast?.drain(this.#transmitQueued);
     for (let i = 0; i < n; i++) data[i] = this.#readByte(offset + i);
+    this.#publish();
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -323,7 +374,9 @@ export class Serial implements BusDevice {
       this.#counters.malformed++;
       return;
     }
+    this.#fast?.drain(this.#transmitQueued);
     for (let i = 0; i < n; i++) this.#writeByte(offset + i, data[i] ?? 0);
+    this.#publish();
   }
 
   #readByte(offset: number): number {
@@ -333,7 +386,7 @@ export class Serial implements BusDevice {
       this.#lastWasThr = false;
     } else {
       this.#lastWasThr = false;
-      this.flush();
+      this.#flushBatch();
     }
     const dlab = (this.#lcr & LCR_DLAB) !== 0;
     // GUEST-CONTROLLED: offset; anything outside 0..7 (NaN included) reads all-ones.
@@ -382,7 +435,7 @@ export class Serial implements BusDevice {
 
   #writeByte(offset: number, value: number): void {
     const isThr = offset === UART_RBR_THR && (this.#lcr & LCR_DLAB) === 0;
-    if (!isThr) this.flush();
+    if (!isThr) this.#flushBatch();
     this.#lastWasThr = isThr;
     const dlab = (this.#lcr & LCR_DLAB) !== 0;
     // GUEST-CONTROLLED: offset and value; unknown offsets are ignored.
@@ -445,7 +498,7 @@ export class Serial implements BusDevice {
       }
     } else {
       this.#tx[this.#txLen++] = value;
-      if (this.#txLen === this.#tx.length || value === NEWLINE) this.flush();
+      if (this.#txLen === this.#tx.length || value === NEWLINE) this.#flushBatch();
     }
     // The byte left THR at once: writing THR cleared THRE, emptying it sets it again.
     this.#threPending = true;

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { IrqLine } from "../device.js";
 import { Serial, type SerialOptions } from "./serial.js";
+import { FAST_RING_BYTES, FastPathProducer, type SerialFastPath } from "./serial_fast.js";
 
 const THR = 0;
 const IER = 1;
@@ -277,5 +278,84 @@ describe("Serial hostile accesses", () => {
     uart.read(Number.NaN, one);
     assert.equal(one[0], 0xff);
     uart.write(-1, one);
+  });
+});
+
+describe("Serial fast path (LSR and THR answered by the vCPU threads)", () => {
+  function fast(extra: Partial<SerialOptions> = {}) {
+    const s = setup({ fastPath: true, ...extra });
+    const producer = new FastPathProducer(s.uart.fastPath as SerialFastPath);
+    return { ...s, producer };
+  }
+
+  it("queues THR bytes in order with forwarded writes, and hands them out on a drain", () => {
+    const { uart, wr, producer, output } = fast();
+    for (const c of "ab") assert.equal(producer.writeThr(c.charCodeAt(0)), true);
+    assert.equal(output(), "", "queued bytes wait for the main thread");
+    // A forwarded write comes after the queued ones, as the guest wrote them.
+    wr(THR, "c".charCodeAt(0));
+    assert.equal(producer.writeThr("d".charCodeAt(0)), true);
+    uart.drainFastPath();
+    assert.equal(output(), "abcd");
+  });
+
+  it("answers LSR as the model does, data-ready included", () => {
+    const { uart, rd, producer } = fast();
+    assert.equal(producer.readLsr(), rd(LSR));
+    assert.equal(producer.readLsr() & 0x60, 0x60);
+    uart.enqueueInput(Uint8Array.of(0x41));
+    assert.equal(producer.readLsr() & 1, 1);
+    assert.equal(rd(THR), 0x41);
+    assert.equal(producer.readLsr() & 1, 0);
+  });
+
+  it("leaves THR to the model while DLAB, loopback or the THR-empty interrupt is on", () => {
+    const { wr, producer, output, irq } = fast();
+    wr(LCR, 0x80);
+    assert.equal(producer.writeThr(1), false, "DLAB: offset 0 is the divisor latch");
+    wr(LCR, 0x03);
+    wr(MCR, 0x10);
+    assert.equal(producer.writeThr(1), false, "loopback feeds the receiver");
+    wr(MCR, 0x0b);
+    wr(IER, 0x02);
+    assert.equal(producer.writeThr(1), false, "THRE interrupts must follow each write");
+    wr(IER, 0);
+    assert.equal(producer.writeThr("z".charCodeAt(0)), true);
+    wr(SCR, 0);
+    assert.equal(output(), "z");
+    assert.equal(irq.level, false, "no THRE interrupt with IER 0");
+  });
+
+  it("leaves LSR to the model while an error bit is set (reading clears it)", () => {
+    const irq = new RecordingIrq();
+    const state = new Serial({ irq, out: () => {} }).state();
+    const uart = Serial.fromState({ ...state, lsr: 0x02 }, { irq, out: () => {}, fastPath: true });
+    const producer = new FastPathProducer(uart.fastPath as SerialFastPath);
+    assert.equal(producer.readLsr(), -1);
+    const d = new Uint8Array(1);
+    uart.read(LSR, d);
+    assert.equal((d[0] ?? 0) & 0x02, 0x02);
+    assert.equal(producer.readLsr() & 0x02, 0);
+  });
+
+  it("refuses a byte when the ring is full (the write then takes the slow path)", () => {
+    const { uart, producer, output } = fast({ txBatch: 1 << 16 });
+    let taken = 0;
+    while (producer.writeThr(0x2e)) taken++;
+    assert.equal(taken, FAST_RING_BYTES);
+    uart.drainFastPath();
+    assert.equal(output().length, FAST_RING_BYTES);
+    assert.equal(producer.writeThr(0x2e), true, "room again after the drain");
+  });
+
+  it("state() includes queued bytes in the output before the snapshot", () => {
+    const { uart, producer, output } = fast();
+    producer.writeThr(0x51);
+    uart.state();
+    assert.equal(output(), "Q");
+  });
+
+  it("is off unless asked for", () => {
+    assert.equal(setup().uart.fastPath, undefined);
   });
 });

@@ -1,0 +1,49 @@
+// vCPU worker threads started ahead of their vCPUs. A worker's own start-up (a fresh V8
+// isolate, Node's bootstrap, its modules, koffi's binding) is slow where the VMM itself runs
+// under emulation, and none of it needs the vCPU: `vessel run` starts the workers first
+// thing, so that work overlaps the main thread's imports and VM set-up, and VcpuThread
+// takes one when its vCPU starts, handing it the vCPU by message. This module imports
+// nothing of ours, so starting workers costs the main thread nothing else.
+// A worker nobody takes is unref'd (it never holds the process open) and ends with it.
+
+import { Worker } from "node:worker_threads";
+
+// Written from the parent folder so it also holds from dist/src/bundle/ (scripts/bundle.mjs).
+const WORKER_URL = new URL("../vmm/vcpu_worker.js", import.meta.url);
+const WORKER_OPTIONS = { stdout: false, stderr: false } as const;
+
+interface Spare {
+  worker: Worker;
+  dead: boolean;
+}
+
+const spares: Spare[] = [];
+
+/** Start `n` workers that wait for their vCPU. */
+export function prestartVcpuWorkers(n: number): void {
+  for (let i = 0; i < n; i++) {
+    const worker = new Worker(WORKER_URL, WORKER_OPTIONS);
+    const spare: Spare = { worker, dead: false };
+    // Without a listener an error would be thrown in the main thread; a dead spare is
+    // skipped, and the vCPU's own worker then reports whatever is wrong.
+    const onEnd = () => {
+      spare.dead = true;
+    };
+    worker.once("error", onEnd);
+    worker.once("exit", onEnd);
+    worker.unref();
+    spares.push(spare);
+  }
+}
+
+/** A running worker for a vCPU: a prestarted one given `data` by message, else a new one. */
+export function vcpuWorker(data: unknown): Worker {
+  for (let spare = spares.shift(); spare; spare = spares.shift()) {
+    if (spare.dead) continue;
+    spare.worker.removeAllListeners();
+    spare.worker.ref();
+    spare.worker.postMessage(data);
+    return spare.worker;
+  }
+  return new Worker(WORKER_URL, { ...WORKER_OPTIONS, workerData: data });
+}
