@@ -6,19 +6,18 @@
 
 import { fileURLToPath } from "node:url";
 import { buildDefaultImage } from "../src/image/mod.js";
-import { runInLab, shQuote } from "../src/lab/mod.js";
+import { shQuote } from "../src/lab/mod.js";
+import { runBenchInLab } from "./lab_run.js";
 
 const json = process.argv.includes("--json");
 const inner = fileURLToPath(new URL("./core_inner.js", import.meta.url));
 await buildDefaultImage({});
-const run = await runInLab(
-  [
-    {
-      name: "core benchmark",
-      script: `BENCH_ROUNDS=${Number(process.env.BENCH_ROUNDS ?? 3)} BENCH_PIO_EXITS=${Number(process.env.BENCH_PIO_EXITS ?? 100000)} node ${shQuote(inner)}`,
-      timeoutSec: 3600,
-    },
-  ],
+const run = await runBenchInLab(
+  {
+    name: "core benchmark",
+    script: `BENCH_ROUNDS=${Number(process.env.BENCH_ROUNDS ?? 3)} BENCH_PIO_EXITS=${Number(process.env.BENCH_PIO_EXITS ?? 100000)} node ${shQuote(inner)}`,
+    timeoutSec: 3600,
+  },
   { cpus: 2, log: (l) => process.stderr.write(`lab| ${l}\n`) },
 );
 const r = run.results[0];

@@ -17,7 +17,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { hostKvmCanBootLinux } from "../src/host/mod.js";
 import { buildDefaultImage, vesselCacheRoot, writeNewc } from "../src/image/mod.js";
-import { runInLab, shQuote } from "../src/lab/mod.js";
+import { shQuote } from "../src/lab/mod.js";
+import { runBenchInLab } from "./lab_run.js";
 
 const json = process.argv.includes("--json");
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -68,14 +69,12 @@ process.stderr.write(
     : `bench: running on this host's KVM (${direct.reason})\n`,
 );
 const run = inLab
-  ? await runInLab(
-      [
-        {
-          name: "io benchmark",
-          script: `${env} BENCH_DIR=${shQuote(dir)} node ${shQuote(inner)}`,
-          timeoutSec: 7200,
-        },
-      ],
+  ? await runBenchInLab(
+      {
+        name: "io benchmark",
+        script: `${env} BENCH_DIR=${shQuote(dir)} node ${shQuote(inner)}`,
+        timeoutSec: 7200,
+      },
       { cpus: 2, log: (l) => process.stderr.write(`lab| ${l}\n`) },
     )
   : runHere();
