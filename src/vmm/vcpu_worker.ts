@@ -73,8 +73,11 @@ function forward(kind: number, isWrite: number, size: number, count: number, add
 
 function handleIo(): void {
   const direction = run.getUint8(abi.RUN_IO_DIRECTION);
-  const size = run.getUint8(abi.RUN_IO_SIZE);
   const ioPort = run.getUint16(abi.RUN_IO_PORT, true);
+  const owner = portMap[ioPort];
+  // I/O-delay writes (port 0x80, which Linux hits often) need no data: answered first.
+  if (owner === ch.PORT_SINK && direction === abi.KVM_EXIT_IO_OUT) return;
+  const size = run.getUint8(abi.RUN_IO_SIZE);
   const count = run.getUint32(abi.RUN_IO_COUNT, true);
   // Two 32-bit reads instead of getBigUint64: no BigInt is allocated on the exit path.
   const offset =
@@ -83,10 +86,9 @@ function handleIo(): void {
   const bytes = size * count;
   // The kernel fills these, but a bad value must not make us read past the mapping.
   if (offset + bytes > runBytes.length || bytes > ch.DATA_BYTES) return;
-  if (count === 1 && size === 1 && uartFast && (ioPort === uartThr || ioPort === uartLsr)) {
+  if ((ioPort === uartThr || ioPort === uartLsr) && bytes === 1) {
     if (fastUart(direction === abi.KVM_EXIT_IO_OUT, ioPort, offset)) return;
   }
-  const owner = portMap[ioPort];
   if (owner === ch.PORT_FORWARD) {
     if (direction === abi.KVM_EXIT_IO_OUT) {
       data.set(runBytes.subarray(offset, offset + bytes), 0);
@@ -95,8 +97,6 @@ function handleIo(): void {
       forward(ch.KIND_PIO, 0, size, count, ioPort);
       runBytes.set(data.subarray(0, bytes), offset);
     }
-  } else if (owner === ch.PORT_SINK && direction === abi.KVM_EXIT_IO_OUT) {
-    // I/O delay writes: nothing to do.
   } else if (direction === abi.KVM_EXIT_IO_OUT) {
     bump(exitSlots + ch.S_UNMAPPED_PIO_WRITE);
   } else {
@@ -107,7 +107,8 @@ function handleIo(): void {
 
 /** The UART accesses serial_fast.ts lets us answer; false when the model must. */
 function fastUart(isOut: boolean, ioPort: number, offset: number): boolean {
-  const fast = uartFast as FastPathProducer;
+  const fast = uartFast;
+  if (!fast) return false;
   if (isOut && ioPort === uartThr) {
     if (!fast.writeThr(runBytes[offset] ?? 0)) return false;
   } else if (!isOut && ioPort === uartLsr) {
