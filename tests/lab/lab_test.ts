@@ -87,8 +87,10 @@ before(async () => {
         });
         // The case that was running when L1 wedged is retried in the next boot.
         next += e.results.length;
+        // The message carries L1's last console lines (soft lockups name the stuck task),
+        // which is all there is to go on for why it wedged.
         process.stderr.write(
-          `lab_test: boot ${boot} ended early (${e.message.split("\n")[0]}); continuing from case ${next}\n`,
+          `lab_test: boot ${boot} ended early; continuing from case ${next}:\n${e.message.split("\n").slice(0, 17).join("\n")}\n`,
         );
       }
     }
