@@ -141,12 +141,18 @@ async function bootToInit(kind: "vessel" | "qemu"): Promise<number> {
   return ms;
 }
 
-function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) : Number.NaN;
+/**
+ * VmRSS, and RssAnon: the process's private memory (guest RAM included), apart from the
+ * file pages of its binary and libraries, which every VMM process on a host shares.
+ */
+function rssKiB(pid: number): { rss: number; anon: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (name: string) =>
+    Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
+  return { rss: field("VmRSS"), anon: field("RssAnon") };
 }
 
-async function idleRss(kind: "vessel" | "qemu"): Promise<number> {
+async function idleRss(kind: "vessel" | "qemu"): Promise<{ rss: number; anon: number }> {
   const g = startGuest(kind, { memory: "256M" });
   await g.readyMs;
   await new Promise((r) => setTimeout(r, 5000));
@@ -196,14 +202,17 @@ for (let i = 0; i < ROUNDS; i++) {
 result.bootMs = boot;
 
 const rss = { vessel: [] as number[], qemu: [] as number[] };
+const anon = { vessel: [] as number[], qemu: [] as number[] };
 for (let i = 0; i < Math.min(ROUNDS, 2); i++) {
   for (const kind of ["vessel", "qemu"] as const) {
     const kib = await idleRss(kind);
-    rss[kind].push(kib);
-    log(`rss round ${i} ${kind}: ${kib} KiB`);
+    rss[kind].push(kib.rss);
+    anon[kind].push(kib.anon);
+    log(`rss round ${i} ${kind}: ${kib.rss} KiB, anonymous ${kib.anon} KiB`);
   }
 }
 result.rssKiB = rss;
+result.rssAnonKiB = anon;
 result.medians = {
   bootVesselMs: median(boot.vessel),
   bootQemuMs: median(boot.qemu),
@@ -213,5 +222,7 @@ result.medians = {
   pioCSameVmNs: median(pio.cSameVm),
   rssVesselKiB: median(rss.vessel),
   rssQemuKiB: median(rss.qemu),
+  rssAnonVesselKiB: median(anon.vessel),
+  rssAnonQemuKiB: median(anon.qemu),
 };
 process.stdout.write(`BENCH-RESULT ${JSON.stringify(result)}\n`);
