@@ -90,7 +90,8 @@ export class FdWatcher {
         return;
       }
       for (let i = 0; i < n; i++) {
-        const fd = Number(this.events.readBigUInt64LE(i * EVENT_SIZE + 4));
+        // The data word holds the fd (ctl() wrote it), so its low half is all of it: no BigInt.
+        const fd = this.events.readUInt32LE(i * EVENT_SIZE + 4);
         // Drain an eventfd's counter first so a signal arriving during the handler re-fires.
         if (fd === this.stopFd || this.eventFds.has(fd)) {
           try {

@@ -1,6 +1,6 @@
 // virtio-blk (virtio 1.2 §5.2) backed by a raw image file: one request queue, requests
 // parsed and checked by request.ts, data moved between the image and guest RAM with no
-// copy (preadv/pwritev with iovecs of guest RAM's host addresses, see transferGuest()).
+// copy (preadv/pwritev with iovecs of guest RAM's host addresses, see startTransfer()).
 //
 // Why libuv's thread pool and not io_uring: koffi's asynchronous calls (preadv, pwritev) and
 // Node's fs.fdatasync run on libuv's worker pool, which exists in every Node process,
@@ -101,6 +101,12 @@ export interface VirtioBlockOptions {
   log?: (message: string) => void;
   /** Bandwidth and operation limits (token buckets); none by default. */
   limits?: LimitConfig;
+  /**
+   * "auto" (default): transfers that need no disk wait (tmpfs images, reads the page cache
+   * holds) run at once and their requests complete in the same turn; "pool": every
+   * transfer goes to libuv's thread pool, as QEMU's aio=threads.
+   */
+  io?: "auto" | "pool";
 }
 
 const bit = (n: bigint): bigint => 1n << n;
@@ -175,6 +181,9 @@ export class VirtioBlock implements VirtioDevice {
       { name: "virtio-blk", queueSize: DEFAULT_QUEUE_SIZE },
       cannot,
     );
+    const pool = options.io === "pool";
+    if (options.io !== undefined && options.io !== "auto" && !pool)
+      throw new RangeError(cannot(`io ${String(options.io)} is not "auto" or "pool"`));
 
     const fd = openImage(path, readOnly);
     let size: number;
@@ -197,7 +206,7 @@ export class VirtioBlock implements VirtioDevice {
     this.readOnly = readOnly;
     this.serial = serial;
     this.#fd = fd;
-    this.#engine = { inMemory: isInMemory(fd), nowait: true };
+    this.#engine = { inMemory: !pool && isInMemory(fd), nowait: !pool };
     this.#guestLog = new GuestLog(this.name, log);
     try {
       this.#limiter = new RateLimiter(options.limits ?? {});
@@ -474,10 +483,34 @@ export class VirtioBlock implements VirtioDevice {
     if (m.inFlight > m.inFlightHighWater) m.inFlightHighWater = m.inFlight;
     const generation = this.#generation;
     let io: Promise<void>;
-    try {
-      io = this.#io(req, memory);
-    } catch (e) {
-      io = Promise.reject(e);
+    if (req.type === VIRTIO_BLK_T_IN || req.type === VIRTIO_BLK_T_OUT) {
+      // What completes here (tmpfs, or reads from the page cache) is finished in this turn;
+      // the caller's #flushNotify then sends the interrupt before anything else runs.
+      let t: GuestTransfer;
+      try {
+        t = startTransfer(
+          req.type === VIRTIO_BLK_T_IN ? "read" : "write",
+          this.#fd,
+          memory,
+          req.data,
+          req.offset,
+          this.#engine,
+        );
+      } catch (e) {
+        this.#finish(generation, req, e, true);
+        return;
+      }
+      if (t.iov.count === 0) {
+        this.#finish(generation, req, undefined, true);
+        return;
+      }
+      io = continueTransfer(t, this.#engine);
+    } else {
+      try {
+        io = this.#io(req);
+      } catch (e) {
+        io = Promise.reject(e);
+      }
     }
     io.then(
       () => this.#finish(generation, req, undefined),
@@ -485,14 +518,10 @@ export class VirtioBlock implements VirtioDevice {
     ).catch((e: unknown) => this.#warn(`completion of request ${req.head} failed: ${String(e)}`));
   }
 
-  /** Host I/O for one checked request; rejects on a host error. */
-  async #io(req: BlockRequest, memory: GuestMemory): Promise<void> {
+  /** Host I/O for one checked request other than IN and OUT; rejects on a host error. */
+  async #io(req: BlockRequest): Promise<void> {
     const fd = this.#fd;
     switch (req.type) {
-      case VIRTIO_BLK_T_IN:
-        return transferGuest("read", fd, memory, req.data, req.offset, this.#engine);
-      case VIRTIO_BLK_T_OUT:
-        return transferGuest("write", fd, memory, req.data, req.offset, this.#engine);
       case VIRTIO_BLK_T_FLUSH:
         return new Promise((resolve, reject) =>
           fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())),
@@ -545,7 +574,8 @@ export class VirtioBlock implements VirtioDevice {
     }
   }
 
-  #finish(generation: number, req: BlockRequest, error: unknown): void {
+  /** `now`: called from #start, whose caller flushes the notification itself. */
+  #finish(generation: number, req: BlockRequest, error: unknown, now = false): void {
     const m = this.#metrics;
     m.inFlight--;
     try {
@@ -572,7 +602,7 @@ export class VirtioBlock implements VirtioDevice {
         this.#warn(`request ${req.head} (type ${req.type}) failed on the host: ${String(error)}`);
       }
       this.#complete(memory, queue, req.head, req.statusAddress, status, written);
-      this.#scheduleNotify();
+      if (!now) this.#scheduleNotify();
     } finally {
       if (m.inFlight === 0 && this.#idleWaiters.length > 0) {
         const waiters = this.#idleWaiters;
@@ -663,70 +693,86 @@ function isInMemory(fd: number): boolean {
   }
 }
 
+/** A transfer under way: what is left of its iovecs and where in the image it goes on. */
+export interface GuestTransfer {
+  readonly op: "read" | "write";
+  readonly fd: number;
+  readonly iov: IovecList;
+  pos: number;
+}
+
 /**
- * preadv/pwritev between the image and guest ranges, straight from their host addresses (one
- * iovec array per request: no view object per buffer, and none of Node's per-buffer work in
- * fs.readv): here when `engine` allows, else on libuv's thread pool. Short transfers
- * continue; zero bytes is an error.
+ * Start a preadv/pwritev between the image and guest ranges, straight from their host
+ * addresses (one iovec array per request: no view object per buffer, and none of Node's
+ * per-buffer work in fs.readv), moving here what `engine` allows. Throws on a host error.
+ * When the returned transfer has no iovecs left it is complete, and the caller can finish
+ * the request in this same turn (its interrupt then goes out before the event loop runs
+ * anything else); otherwise continueTransfer() moves the rest on libuv's pool.
  */
-export function transferGuest(
+export function startTransfer(
   op: "read" | "write",
   fd: number,
   memory: GuestMemory,
   ranges: readonly GuestRange[],
   position: number,
-  engine: TransferEngine = { inMemory: false, nowait: false },
-): Promise<void> {
+  engine: TransferEngine,
+): GuestTransfer {
+  // Ranges lie in RAM (the queue checked each buffer) and RAM regions are not adjacent,
+  // so no range is split: one entry each.
+  const iov = new IovecList(Math.max(1, Math.min(ranges.length, IOV_MAX)));
+  for (const r of ranges) {
+    if (!iov.addGuest(memory, r.address, r.length)) {
+      throw new Error(`${ranges.length} buffers do not fit one ${op} (${IOV_MAX} at most)`);
+    }
+  }
+  const t: GuestTransfer = { op, fd, iov, pos: position };
+  moveHere(t, engine);
+  return t;
+}
+
+/** As much as can be moved without waiting for a disk; throws if the request failed. */
+function moveHere(t: GuestTransfer, engine: TransferEngine): void {
+  const { op, fd, iov } = t;
+  while (iov.count > 0 && (engine.inMemory || (op === "read" && engine.nowait))) {
+    const n = libc.iovSync(op, fd, iov.iov, iov.count, t.pos, engine.inMemory ? 0 : RWF_NOWAIT);
+    if (n === -EINTR) continue;
+    if (n === 0) throw new Error(`${op} at offset ${t.pos} transferred nothing`);
+    if (n > 0) {
+      t.pos += n;
+      iov.consume(n);
+      // A short RWF_NOWAIT read stopped at what is not cached: the pool waits for it.
+      if (!engine.inMemory) break;
+      continue;
+    }
+    if (engine.inMemory || (n !== -EAGAIN && n !== -EOPNOTSUPP)) {
+      throw new Error(`${op} at offset ${t.pos} failed: ${errnoName(-n)}`);
+    }
+    if (n === -EOPNOTSUPP) engine.nowait = false;
+    break;
+  }
+}
+
+/** The rest of a started transfer, on libuv's thread pool. Short transfers continue. */
+export function continueTransfer(t: GuestTransfer, engine: TransferEngine): Promise<void> {
   return new Promise((resolve, reject) => {
-    // Ranges lie in RAM (the queue checked each buffer) and RAM regions are not adjacent,
-    // so no range is split: one entry each.
-    const iov = new IovecList(Math.max(1, Math.min(ranges.length, IOV_MAX)));
-    for (const r of ranges) {
-      if (!iov.addGuest(memory, r.address, r.length)) {
-        reject(new Error(`${ranges.length} buffers do not fit one ${op} (${IOV_MAX} at most)`));
+    const { op, fd, iov } = t;
+    const step = (): void => {
+      try {
+        moveHere(t, engine);
+      } catch (e) {
+        reject(e);
         return;
       }
-    }
-    let pos = position;
-    const fail = (n: number) =>
-      reject(new Error(`${op} at offset ${pos} failed: ${errnoName(-n)}`));
-    /** As much as can be moved without waiting for a disk; false if the request failed. */
-    const here = (): boolean => {
-      while (iov.count > 0 && (engine.inMemory || (op === "read" && engine.nowait))) {
-        const n = libc.iovSync(op, fd, iov.iov, iov.count, pos, engine.inMemory ? 0 : RWF_NOWAIT);
-        if (n === -EINTR) continue;
-        if (n === 0) {
-          reject(new Error(`${op} at offset ${pos} transferred nothing`));
-          return false;
-        }
-        if (n > 0) {
-          pos += n;
-          iov.consume(n);
-          // A short RWF_NOWAIT read stopped at what is not cached: the pool waits for it.
-          if (!engine.inMemory) break;
-          continue;
-        }
-        if (engine.inMemory || (n !== -EAGAIN && n !== -EOPNOTSUPP)) {
-          fail(n);
-          return false;
-        }
-        if (n === -EOPNOTSUPP) engine.nowait = false;
-        break;
-      }
-      return true;
-    };
-    const step = (): void => {
-      if (!here()) return;
       if (iov.count === 0) {
         resolve();
         return;
       }
-      libc.iovAsync(op, fd, iov.iov, iov.count, pos, (n) => {
+      libc.iovAsync(op, fd, iov.iov, iov.count, t.pos, (n) => {
         if (n === -EINTR) step();
-        else if (n < 0) fail(n);
-        else if (n === 0) reject(new Error(`${op} at offset ${pos} transferred nothing`));
+        else if (n < 0) reject(new Error(`${op} at offset ${t.pos} failed: ${errnoName(-n)}`));
+        else if (n === 0) reject(new Error(`${op} at offset ${t.pos} transferred nothing`));
         else {
-          pos += n;
+          t.pos += n;
           iov.consume(n);
           step();
         }
