@@ -483,8 +483,12 @@ export class Vm implements ExitHandler {
     const cells = new Int32Array(shared.cells);
     let running = true;
     // Wake the wait below when the VM ends (the notify is on the same word).
+    // And every 100 ms regardless: output must reach the console even if a wake-up were
+    // ever missed (cheap: a drain of an empty ring is a few loads).
+    const sweep = setInterval(() => this.serial.drainFastPath(), 100);
     const ended = done.then(() => {
       running = false;
+      clearInterval(sweep);
       Atomics.notify(cells, F_DOORBELL);
     });
     while (running) {
