@@ -485,7 +485,7 @@ export class Vm implements ExitHandler {
     // Wake the wait below when the VM ends (the notify is on the same word).
     // And every 100 ms regardless: output must reach the console even if a wake-up were
     // ever missed (cheap: a drain of an empty ring is a few loads).
-    const sweep = setInterval(() => this.serial.drainFastPath(), 100);
+    const sweep = setInterval(() => this.serial.flush(), 100);
     const ended = done.then(() => {
       running = false;
       clearInterval(sweep);
@@ -494,7 +494,7 @@ export class Vm implements ExitHandler {
     while (running) {
       const w = Atomics.waitAsync(cells, F_DOORBELL, 0);
       if (w.async) await w.value;
-      this.serial.drainFastPath();
+      this.serial.flush();
       // A doorbell per burst, not per byte: let the guest write a few more first.
       if (running) await new Promise((r) => setImmediate(r));
     }

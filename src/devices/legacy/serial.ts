@@ -130,7 +130,7 @@ export interface SerialOptions {
   onInputDrained?: () => void;
   /**
    * Offer the fast path of serial_fast.ts (LSR reads and THR writes answered by the vCPU
-   * threads): `fastPath` is then the memory to hand them, and drainFastPath() must be
+   * threads): `fastPath` is then the memory to hand them, and flush() must be
    * called when its doorbell rings. Default false.
    */
   fastPath?: boolean;
@@ -226,11 +226,6 @@ export class Serial implements BusDevice {
       this.#fast = new FastPathConsumer(this.fastPath);
       this.#publish();
     }
-  }
-
-  /** Transmit the THR bytes the vCPU threads queued, and hand the output to the sink. */
-  drainFastPath(): void {
-    this.flush();
   }
 
   /**
