@@ -15,7 +15,7 @@ await buildDefaultImage({});
 const run = await runBenchInLab(
   {
     name: "core benchmark",
-    script: `BENCH_ROUNDS=${Number(process.env.BENCH_ROUNDS ?? 3)} BENCH_PIO_EXITS=${Number(process.env.BENCH_PIO_EXITS ?? 100000)} node ${shQuote(inner)}`,
+    script: `BENCH_CONSOLE=/dev/console BENCH_ROUNDS=${Number(process.env.BENCH_ROUNDS ?? 3)} BENCH_PIO_EXITS=${Number(process.env.BENCH_PIO_EXITS ?? 100000)} node ${shQuote(inner)}`,
     timeoutSec: 3600,
   },
   { cpus: 2, log: (l) => process.stderr.write(`lab| ${l}\n`) },

@@ -72,7 +72,7 @@ const run = inLab
   ? await runBenchInLab(
       {
         name: "io benchmark",
-        script: `${env} BENCH_DIR=${shQuote(dir)} node ${shQuote(inner)}`,
+        script: `${env} BENCH_CONSOLE=/dev/console BENCH_DIR=${shQuote(dir)} node ${shQuote(inner)}`,
         timeoutSec: 7200,
       },
       { cpus: 2, log: (l) => process.stderr.write(`lab| ${l}\n`) },

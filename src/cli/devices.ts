@@ -20,6 +20,8 @@ export interface DiskSpec {
   readOnly: boolean;
   serial?: string;
   limits?: LimitConfig;
+  /** io=pool: every transfer on the thread pool (as QEMU's aio=threads); default auto. */
+  io?: "auto" | "pool";
 }
 
 /**
@@ -63,9 +65,13 @@ export function parseDisk(text: string): DiskSpec {
     if (opt === "ro") spec.readOnly = true;
     else if (opt === "rw") spec.readOnly = false;
     else if (opt.startsWith("serial=")) spec.serial = opt.slice("serial=".length);
-    else if (!limitOption(flag, limits, "iops", key, value))
+    else if (key === "io") {
+      if (value !== "auto" && value !== "pool")
+        throw new UsageError(`${flag}: io must be auto or pool, not "${value}"`);
+      spec.io = value;
+    } else if (!limitOption(flag, limits, "iops", key, value))
       throw new UsageError(
-        `${flag}: unknown option "${opt}" (known: ro, rw, serial=S, bw=RATE, iops=N, bw_burst=, iops_burst=)`,
+        `${flag}: unknown option "${opt}" (known: ro, rw, serial=S, io=auto|pool, bw=RATE, iops=N, bw_burst=, iops_burst=)`,
       );
   }
   if (Object.keys(limits).length > 0) spec.limits = limits;
@@ -180,6 +186,7 @@ export async function openDevices(flags: DeviceFlags, watcher: FdWatcher): Promi
           name: `virtio-blk${i}`,
           ...(spec.serial !== undefined ? { serial: spec.serial } : {}),
           ...(spec.limits ? { limits: spec.limits } : {}),
+          ...(spec.io ? { io: spec.io } : {}),
         });
         opened.push(disk);
         devices.push(disk);

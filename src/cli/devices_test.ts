@@ -18,6 +18,14 @@ test("--disk takes a path with ro and serial options", () => {
   assert.throws(() => parseDisk(",ro"), /has no path/);
 });
 
+test("--disk io= picks the transfer engine and names a bad value", () => {
+  assert.deepEqual(parseDisk("/a.img,io=pool"), { path: "/a.img", readOnly: false, io: "pool" });
+  assert.throws(
+    () => parseDisk("/a.img,io=uring"),
+    /--disk \/a.img,io=uring: io must be auto or pool, not "uring"/,
+  );
+});
+
 test("a disk that cannot be opened is named in one line", async () => {
   const w = new FdWatcher();
   await assert.rejects(

@@ -49,7 +49,7 @@ export async function imageBuildCommand(opts: {
 
 export async function labCommand(
   command: string[],
-  opts: { cpus: string; memory: string; timeout: string },
+  opts: { cpus: string; memory: string; timeout: string; console?: boolean },
 ): Promise<number> {
   const cpus = parseCount("--cpus", opts.cpus, 1, 16);
   const memoryMiB = Math.floor(parseSize("--memory", opts.memory) / 2 ** 20);
@@ -63,6 +63,9 @@ export async function labCommand(
       cpus,
       memoryMiB,
       interactive,
+      // A long command's own output reaches us only when it ends; L1's console (where a
+      // command can write progress to /dev/console) shows what it is doing meanwhile.
+      ...(opts.console ? { log: (line: string) => process.stderr.write(`lab| ${line}\n`) } : {}),
     },
   );
   const r = run.results[0];

@@ -113,6 +113,10 @@ program
   .option("--cpus <n>", "lab vCPUs", "4")
   .option("--memory <size>", "lab memory", "6G")
   .option("--timeout <seconds>", "limit for the command", "1800")
+  .option(
+    "--console",
+    "show L1's console on stderr as it runs (the command's output comes at its end)",
+  )
   .argument("<command...>", "command to run (after --)")
   .action(async (command: string[], opts) => {
     exitCode = await (await imageLabModule()).labCommand(command, opts);

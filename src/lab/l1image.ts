@@ -78,6 +78,11 @@ fatal() {
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# khugepaged has soft-locked an L1 CPU for over a minute (TCG runs its scans of the guests'
+# RAM slowly) and wedged the lab; the VMMs' madvised guest RAM still gets huge pages at
+# fault time, so the background collapse is put off to once an hour.
+echo 3600000 > /sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs 2>/dev/null \\
+  || echo "${MARK.warn}: cannot slow khugepaged down"
 while read -r mod; do
   [ -n "$mod" ] || continue
   insmod "$mod" 2>/tmp/insmod.err || echo "${MARK.warn}: module \${mod##*/} failed: $(cat /tmp/insmod.err)"

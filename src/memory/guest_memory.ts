@@ -85,7 +85,8 @@ export class GuestMemory {
     this.totalBytes = layout.reduce((n, r) => n + r.size, 0);
   }
 
-  private findChunk(address: number): Chunk | undefined {
+  /** The index of the chunk holding `address`, or -1. */
+  private indexOf(address: number): number {
     let lo = 0;
     let hi = this.starts.length - 1;
     while (lo <= hi) {
@@ -93,9 +94,38 @@ export class GuestMemory {
       const c = this.chunks[mid] as Chunk;
       if (address < c.start) hi = mid - 1;
       else if (address >= c.end) lo = mid + 1;
-      else return c;
+      else return mid;
     }
-    return undefined;
+    return -1;
+  }
+
+  private findChunk(address: number): Chunk | undefined {
+    const i = this.indexOf(address);
+    return i < 0 ? undefined : this.chunks[i];
+  }
+
+  /**
+   * The index of the chunk that holds all of [address, address+length), or -1 when the
+   * range is not in RAM or crosses a chunk's end. With chunkView() and chunkStart() it lets
+   * a hot path (a virtqueue's indirect tables) point at guest RAM without making a view.
+   */
+  chunkOf(address: number, length: number): number {
+    if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || length < 0) return -1;
+    const i = this.indexOf(address);
+    return i >= 0 && address + length <= (this.chunks[i] as Chunk).end ? i : -1;
+  }
+
+  /** The DataView over chunk `index` (from chunkOf); offset 0 is chunkStart(index). */
+  chunkView(index: number): DataView {
+    const c = this.chunks[index];
+    if (!c) throw new RangeError(`Guest memory has no chunk ${index}`);
+    return c.view;
+  }
+
+  chunkStart(index: number): number {
+    const c = this.chunks[index];
+    if (!c) throw new RangeError(`Guest memory has no chunk ${index}`);
+    return c.start;
   }
 
   /** True when [address, address+length) lies wholly in RAM (possibly across chunks). */

@@ -21,9 +21,6 @@ export class IovecList {
   // arithmetic would allocate per buffer. User-space addresses are below 2^47, so a double
   // holds them exactly.
   readonly #words: Uint32Array;
-  /** The regions of the last memory used, as [start, end, host address] triples. */
-  #memory: GuestMemory | undefined;
-  #regions = new Float64Array(0);
 
   constructor(capacity = IOV_MAX) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > IOV_MAX) {
@@ -60,7 +57,7 @@ export class IovecList {
    * the list is full (the list may then hold part of the range).
    */
   addGuest(memory: GuestMemory, address: number, length: number): boolean {
-    const regions = this.#regionsOf(memory);
+    const regions = regionsOf(memory);
     let a = address;
     let left = length;
     while (left > 0) {
@@ -113,14 +110,21 @@ export class IovecList {
     }
     this.bytes -= n;
   }
+}
 
-  #regionsOf(memory: GuestMemory): Float64Array {
-    if (this.#memory !== memory) {
-      this.#memory = memory;
-      this.#regions = Float64Array.from(
-        memory.regions.flatMap((r) => [r.start, r.start + r.size, Number(r.hostAddress)]),
-      );
-    }
-    return this.#regions;
+/**
+ * Each memory's RAM regions as [start, end, host address] triples, made once per memory:
+ * lists are made per request, and rebuilding this for each one showed in profiles.
+ */
+const regionTables = new WeakMap<GuestMemory, Float64Array>();
+
+function regionsOf(memory: GuestMemory): Float64Array {
+  let t = regionTables.get(memory);
+  if (!t) {
+    t = Float64Array.from(
+      memory.regions.flatMap((r) => [r.start, r.start + r.size, Number(r.hostAddress)]),
+    );
+    regionTables.set(memory, t);
   }
+  return t;
 }

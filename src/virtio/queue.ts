@@ -75,33 +75,49 @@ export interface QueueStats {
 // rings a driver allocates from naturally aligned pages) it is a DataView, so accesses
 // allocate nothing; otherwise it goes through GuestMemory's bounds-checked scalar accessors.
 class RingView {
-  private readonly view: DataView | undefined;
+  private view: DataView | undefined;
+  /** Where `base` lies in `view`. */
+  private offset = 0;
+  private base = 0;
   constructor(
     private readonly memory: GuestMemory,
-    private readonly base: number,
+    base: number,
     length: number,
   ) {
-    let view: DataView | undefined;
-    try {
-      const bytes = memory.slice(base, length);
-      view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    } catch (e) {
-      if (!(e instanceof GuestMemoryError)) throw e;
+    this.retarget(base, length);
+  }
+  /**
+   * Point at another range without allocating (the queue reuses one view for every
+   * chain's indirect table). A range across a chunk's end is read through the bounds-checked
+   * scalar accessors instead.
+   */
+  retarget(base: number, length: number): void {
+    this.base = base;
+    const i = this.memory.chunkOf(base, length);
+    if (i >= 0) {
+      this.view = this.memory.chunkView(i);
+      this.offset = base - this.memory.chunkStart(i);
+    } else {
+      this.view = undefined;
+      this.offset = 0;
     }
-    this.view = view;
   }
   u16(off: number): number {
-    return this.view ? this.view.getUint16(off, true) : this.memory.readU16(this.base + off);
+    return this.view
+      ? this.view.getUint16(this.offset + off, true)
+      : this.memory.readU16(this.base + off);
   }
   u32(off: number): number {
-    return this.view ? this.view.getUint32(off, true) : this.memory.readU32(this.base + off);
+    return this.view
+      ? this.view.getUint32(this.offset + off, true)
+      : this.memory.readU32(this.base + off);
   }
   setU16(off: number, v: number): void {
-    if (this.view) this.view.setUint16(off, v, true);
+    if (this.view) this.view.setUint16(this.offset + off, v, true);
     else this.memory.writeU16(this.base + off, v);
   }
   setU32(off: number, v: number): void {
-    if (this.view) this.view.setUint32(off, v, true);
+    if (this.view) this.view.setUint32(this.offset + off, v, true);
     else this.memory.writeU32(this.base + off, v);
   }
 }
@@ -139,6 +155,8 @@ export class Queue implements QueueHandle {
   private desc: RingView | undefined;
   private avail: RingView | undefined;
   private used: RingView | undefined;
+  /** The indirect table of the chain being parsed (one view, retargeted per table). */
+  private tableView: RingView | undefined;
   /** Device-private counters; never read back from guest memory. */
   private nextAvail = 0;
   private nextUsed = 0;
@@ -454,7 +472,9 @@ export class Queue implements QueueHandle {
         }
         // The WRITE flag of the descriptor pointing to a table is ignored (§2.7.5.3.2).
         inIndirect = true;
-        table = new RingView(memory, address, len);
+        table = this.tableView;
+        if (table) table.retarget(address, len);
+        else table = this.tableView = new RingView(memory, address, len);
         entries = len / 16;
         index = 0;
         continue;

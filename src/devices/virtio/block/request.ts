@@ -103,14 +103,38 @@ export interface GuestReader {
 const scratch = new Uint8Array(16);
 const scratchView = new DataView(scratch.buffer);
 
-/** Bytes [start, start+length) of the concatenation of `ranges`, as guest ranges. */
+/**
+ * Bytes [start, start+length) of the concatenation of `ranges`, as guest ranges. The
+ * result may share range objects with `ranges` (neither is changed afterwards).
+ */
 export function subRanges(
   ranges: readonly GuestRange[],
   start: number,
   length: number,
 ): GuestRange[] {
-  const out: GuestRange[] = [];
+  // Drivers frame requests on buffer boundaries (Linux: a 16-byte header buffer, the data
+  // pages, a 1-byte status buffer); such a span is a run of whole buffers, taken as they
+  // are rather than copied into one new object per page.
+  let first = 0;
   let skip = start;
+  while (first < ranges.length && skip >= (ranges[first] as GuestRange).length) {
+    skip -= (ranges[first] as GuestRange).length;
+    first++;
+  }
+  if (skip === 0) {
+    let end = first;
+    let want = length;
+    // A zero-length buffer inside the span leaves it to the copying path, which drops it.
+    while (end < ranges.length && want > 0) {
+      const n = (ranges[end] as GuestRange).length;
+      if (n === 0 || n > want) break;
+      want -= n;
+      end++;
+    }
+    if (want === 0) return ranges.slice(first, end);
+  }
+  const out: GuestRange[] = [];
+  skip = start;
   let want = length;
   for (const r of ranges) {
     if (want === 0) break;
