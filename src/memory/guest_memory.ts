@@ -153,10 +153,9 @@ export class GuestMemory {
    * that do not cross a 1 GiB boundary); callers that need longer spans use read/write.
    */
   slice(address: number, length: number): Uint8Array {
-    const c = this.findChunk(address);
-    if (!c || !Number.isSafeInteger(length) || length < 0 || address + length > c.end) {
-      throw new GuestMemoryError(address, length);
-    }
+    const i = this.chunkOf(address, length);
+    if (i < 0) throw new GuestMemoryError(address, length);
+    const c = this.chunks[i] as Chunk;
     return c.bytes.subarray(address - c.start, address - c.start + length);
   }
 
@@ -187,8 +186,9 @@ export class GuestMemory {
   }
 
   private scalar(address: number, size: number): [DataView, number] {
-    const c = this.findChunk(address);
-    if (!c || address + size > c.end) throw new GuestMemoryError(address, size);
+    const i = this.chunkOf(address, size);
+    if (i < 0) throw new GuestMemoryError(address, size);
+    const c = this.chunks[i] as Chunk;
     return [c.view, address - c.start];
   }
 
