@@ -156,7 +156,7 @@ export class Queue implements QueueHandle {
   private avail: RingView | undefined;
   private used: RingView | undefined;
   /** The indirect table of the chain being parsed (one view, retargeted per table). */
-  private tableView: RingView | undefined;
+  private readonly tableView: RingView;
   /** Device-private counters; never read back from guest memory. */
   private nextAvail = 0;
   private nextUsed = 0;
@@ -199,6 +199,7 @@ export class Queue implements QueueHandle {
     this.maxSize = maxSize;
     this.size = maxSize;
     this.memory = options.memory;
+    this.tableView = new RingView(this.memory, 0, 0);
     this.log = options.log ?? (() => {});
     this.signal = options.signal ?? (() => {});
     this.onBroken = options.onBroken ?? (() => {});
@@ -473,8 +474,7 @@ export class Queue implements QueueHandle {
         // The WRITE flag of the descriptor pointing to a table is ignored (§2.7.5.3.2).
         inIndirect = true;
         table = this.tableView;
-        if (table) table.retarget(address, len);
-        else table = this.tableView = new RingView(memory, address, len);
+        table.retarget(address, len);
         entries = len / 16;
         index = 0;
         continue;

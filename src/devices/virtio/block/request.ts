@@ -133,11 +133,11 @@ export function subRanges(
     }
     if (want === 0) return ranges.slice(first, end);
   }
+  // Otherwise copy, from the buffer the walk above stopped in.
   const out: GuestRange[] = [];
-  skip = start;
   let want = length;
-  for (const r of ranges) {
-    if (want === 0) break;
+  for (let i = first; i < ranges.length && want > 0; i++) {
+    const r = ranges[i] as GuestRange;
     if (skip >= r.length) {
       skip -= r.length;
       continue;
