@@ -24,6 +24,10 @@ program
   .showHelpAfterError(false);
 
 let exitCode = 0;
+/** Set when vCPU workers were started ahead: exiting before they load aborts node. */
+let settleWorkers: (() => Promise<void>) | undefined;
+/** Far longer than a worker takes to load, even under emulation. */
+const SETTLE_MS = 30_000;
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -80,8 +84,11 @@ program
     // when the root is switched and seccomp applied could die mid-load; jailed vCPUs start
     // their workers inside the jail, as before. A bad --cpus is left for run.ts to report.
     const cpus = Number(opts.cpus);
-    if (!opts.jail && Number.isInteger(cpus) && cpus >= 1 && cpus <= MAX_PRESTARTED)
-      (await import("../vmm/vcpu_spawn.js")).prestartVcpuWorkers(cpus);
+    if (!opts.jail && Number.isInteger(cpus) && cpus >= 1 && cpus <= MAX_PRESTARTED) {
+      const spawn = await import("../vmm/vcpu_spawn.js");
+      spawn.prestartVcpuWorkers(cpus);
+      settleWorkers = () => spawn.spareWorkersSettled(SETTLE_MS);
+    }
     exitCode = await (await runModule()).runCommand(opts);
   });
 
@@ -296,4 +303,5 @@ try {
 // Let piped output drain first: process.exit() does not wait for it, and a long --json
 // answer to a pipe would be cut short.
 await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
+await settleWorkers?.();
 process.exit(exitCode);

@@ -23,10 +23,16 @@ const EAGAIN = 11;
 const port = parentPort;
 if (!port) throw new Error("vcpu_worker must run in a worker thread");
 // A worker started for its vCPU has it in workerData; one started ahead (vcpu_spawn.ts)
-// waits here for it, its modules already loaded.
-const init =
-  (workerData as VcpuWorkerData | null) ??
-  (await new Promise<VcpuWorkerData>((resolve) => port.once("message", resolve)));
+// says its modules are loaded and waits here for it.
+const given = workerData as VcpuWorkerData | { loaded: Int32Array };
+let init: VcpuWorkerData;
+if ("loaded" in given) {
+  Atomics.store(given.loaded, 0, 1);
+  Atomics.notify(given.loaded, 0);
+  init = await new Promise<VcpuWorkerData>((resolve) => port.once("message", resolve));
+} else {
+  init = given;
+}
 const { fd, runSize, shared, kickSignal } = init;
 
 const ctrl = new Int32Array(shared.control);
