@@ -81,9 +81,18 @@ describe("lab batch (one L1 boot)", () => {
       'exec 3> "$fifo"',
       // The prompt comes after acpid has started. Each step is bounded so that a failure
       // still prints the guest's console (a scenario killed at its timeout prints nothing).
-      "i=0",
+      // A QEMU that ends before the prompt (its guest hit the emulated SVM's event-delivery
+      // defect, README "The lab"; seen once in CI with only the kernel's PCI line on the
+      // console) gets one more boot; the first console is printed at the end, marked.
+      "i=0 tries=1 earlier=",
       'until grep -q "vessel:/#" "$out" 2>/dev/null; do',
-      '  i=$((i+1)); if [ $i -gt 240 ]; then echo "no prompt after 120 s"; kill "$qemu"; cat "$out"; exit 1; fi',
+      '  if ! kill -0 "$qemu" 2>/dev/null && [ $tries -lt 2 ]; then',
+      '    wait "$qemu"; earlier="first boot: QEMU ended rc=$? before the prompt; its console: $(cat "$out")"',
+      "    tries=2 i=0",
+      `    ${interactiveGuest} < "$fifo" > /dev/null &`,
+      "    qemu=$!",
+      "  fi",
+      '  i=$((i+1)); if [ $i -gt 240 ]; then echo "no prompt after 120 s"; kill "$qemu"; cat "$out"; echo "$earlier"; exit 1; fi',
       "  sleep 0.5",
       "done",
       "echo system_powerdown >&3",
@@ -93,6 +102,7 @@ describe("lab batch (one L1 boot)", () => {
       'echo "qemu exited rc=$?"',
       'kill "$killer" 2>/dev/null',
       'cat "$out"',
+      '[ -z "$earlier" ] || echo "RETRIED: $earlier"',
     ].join("\n");
     const scenarios = [
       { name: "kvm", script: "grep -c -w svm /proc/cpuinfo; test -c /dev/kvm && echo kvm-ok" },
@@ -173,6 +183,8 @@ describe("lab batch (one L1 boot)", () => {
 
   it("powers the guest off on the ACPI power button", () => {
     const r = result("guest power button");
+    if (r.output.includes("RETRIED: "))
+      process.stderr.write(`lab_test: the power-button guest was booted twice\n${r.output}\n`);
     assert.equal(r.timedOut, false, r.output);
     assert.equal(r.exitCode, 0, r.output);
     assert.ok(r.output.startsWith("qemu exited rc=0\n"), r.output);
