@@ -137,7 +137,14 @@ function parseXml(c: Conversion, text: string): XNode {
   if (/<!DOCTYPE/i.test(text)) c.fail("", "a DOCTYPE is not expected in domain XML");
   const valid = XMLValidator.validate(text);
   if (valid !== true) c.fail("", `not well-formed XML: line ${valid.err.line}: ${valid.err.msg}`);
-  const roots = buildTree(PARSER.parse(text) as unknown[], "", "", true);
+  let parsed: unknown[];
+  try {
+    parsed = PARSER.parse(text) as unknown[];
+  } catch (e) {
+    // The validator passes some texts the parser then throws on (e.g. `<A/`).
+    c.fail("", `not well-formed XML: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+  }
+  const roots = buildTree(parsed, "", "", true);
   const root = roots[0];
   if (root?.name !== "domain")
     c.fail("", `the root element is <${root?.name ?? "nothing"}>, not <domain>`);
