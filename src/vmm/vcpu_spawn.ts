@@ -72,11 +72,9 @@ export async function spareWorkersSettled(timeoutMs: number): Promise<void> {
 export function vcpuWorker(data: unknown): Worker {
   for (let spare = spares.shift(); spare; spare = spares.shift()) {
     if (spare.dead) continue;
-    spare.worker.removeAllListeners();
+    // The vCPU thread reports errors itself; the exit listener stays, as
     // spareWorkersSettled() still needs to know if a taken worker dies before it loads.
-    spare.worker.once("exit", () => {
-      spare.dead = true;
-    });
+    spare.worker.removeAllListeners("error");
     spare.worker.ref();
     spare.worker.postMessage(data);
     return spare.worker;
