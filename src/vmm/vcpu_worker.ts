@@ -8,6 +8,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { FastPathProducer } from "../devices/legacy/serial_fast.js";
 import * as abi from "../host/kvm_abi.js";
 import * as libc from "../host/libc.js";
+import { describeFaultState } from "./fault_state.js";
 import * as ch from "./vcpu_channel.js";
 
 interface VcpuWorkerData {
@@ -247,20 +248,14 @@ try {
 }
 finish(exit);
 
-/**
- * Where the guest was when it triple-faulted (rip, rsp, cr2, cr3), for the outcome's reason:
- * without it a guest that dies this way leaves nothing to go on. Best effort.
- */
+/** Where the guest was when it triple-faulted, for the outcome's reason. Best effort. */
 function faultState(): string {
   try {
     const regs = new DataView(new ArrayBuffer(abi.SIZEOF_KVM_REGS));
     const sregs = new DataView(new ArrayBuffer(abi.SIZEOF_KVM_SREGS));
     libc.ioctl(fd, abi.KVM_GET_REGS, regs, "KVM_GET_REGS");
     libc.ioctl(fd, abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS");
-    const hex = (v: DataView, at: number) => `0x${v.getBigUint64(at, true).toString(16)}`;
-    // struct kvm_regs: rip is the 17th u64, rsp the 7th; struct kvm_sregs: eight 24-byte
-    // segments and two 16-byte tables, then cr0, cr2, cr3.
-    return `rip=${hex(regs, 128)} rsp=${hex(regs, 48)} cr2=${hex(sregs, 232)} cr3=${hex(sregs, 240)}`;
+    return describeFaultState(regs, sregs);
   } catch (e) {
     return `registers unreadable: ${String(e)}`;
   }
