@@ -3,13 +3,10 @@
 // (the VMCB is undefined after one), so the registers are already the reset state; saying so
 // keeps "rip=0xfff0" from being read as where the guest died.
 
-/** struct kvm_regs: rip is the 17th u64, rsp the 7th. */
-const REGS_RIP = 128;
-const REGS_RSP = 48;
-/** struct kvm_sregs: eight 24-byte segments and two 16-byte tables, then cr0, cr2, cr3. */
-const SREGS_CR0 = 224;
-const SREGS_CR2 = 232;
-const SREGS_CR3 = 240;
+import { REGS_ORDER, SREGS_CR0, SREGS_CR2, SREGS_CR3 } from "../host/kvm_abi.js";
+
+const REGS_RIP = REGS_ORDER.indexOf("rip") * 8;
+const REGS_RSP = REGS_ORDER.indexOf("rsp") * 8;
 /** The x86 reset vector's offset in CS, and CR0 after reset (ET, CD, NW; PE and PG clear). */
 const RESET_RIP = 0xfff0n;
 const CR0_PE = 1n;
